@@ -1,0 +1,358 @@
+"""The ``edgemesh`` command line: argparse in, configuration out, then asyncio.run.
+
+Subcommands: ``node`` (run a node), ``infer``, ``models`` and ``status``
+(talk to a running node), ``demo`` (see it all work on this machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mesh._version import __version__
+from mesh.client import MeshClient, ModelInfo
+from mesh.config import DEFAULT_RPC_PORT, NodeConfig, client_mesh_key, load_node_config
+from mesh.errors import ConfigError, InvalidInput, MeshError
+from mesh.logs import configure_logging
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.handler(args, os.environ)
+    except ConfigError as exc:
+        print(f"edgemesh: configuration error: {exc.message}", file=sys.stderr)
+        return 2
+    except MeshError as exc:
+        print(f"edgemesh: {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+# --- argument parsing ---------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgemesh",
+        description="A peer-to-peer ONNX inference mesh for the devices you already own.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgemesh {__version__}")
+    parser.set_defaults(command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    node = commands.add_parser(
+        "node",
+        help="run a node that serves ONNX models",
+        description=(
+            "Run an edgemesh node. It loads the ONNX models of its model directories "
+            "(the bundled ones by default) and serves them over msgpack-RPC. "
+            "Settings come from --config FILE, then EDGEMESH_* variables, then flags."
+        ),
+    )
+    node.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    node.add_argument("--name", help="this node's name in the mesh (default: the hostname)")
+    node.add_argument("--host", help="address to listen on (default: 0.0.0.0, every interface)")
+    node.add_argument("--port", help=f"RPC port (default: {DEFAULT_RPC_PORT}; 0 picks a free port)")
+    node.add_argument(
+        "--models",
+        action="append",
+        metavar="DIR",
+        help="a directory of .onnx models (repeatable; default: the bundled models)",
+    )
+    node.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="serve only this model (repeatable; default: every model found)",
+    )
+    node.add_argument(
+        "--mesh-key-file",
+        metavar="FILE",
+        help="file holding the mesh's shared key (or set EDGEMESH_MESH_KEY); "
+        "without a key the node is open to anyone who can reach it",
+    )
+    node.add_argument(
+        "--intra-op-threads", metavar="N", help="onnxruntime threads per call (default: 1)"
+    )
+    node.add_argument(
+        "--per-model-concurrency",
+        metavar="N",
+        help="calls of one model running at once (default: CPU count)",
+    )
+    node.add_argument(
+        "--executor-threads", metavar="N", help="worker threads for all models (default: CPUs)"
+    )
+    node.add_argument(
+        "--max-message-bytes", metavar="N", help="largest RPC message (default: 64 MiB)"
+    )
+    node.add_argument(
+        "--max-in-flight-per-connection",
+        metavar="N",
+        help="concurrent requests per connection before Overloaded (default: 1024)",
+    )
+    node.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="write {name, id, host, rpc_port} as JSON here once listening",
+    )
+    _add_log_flags(node)
+    node.set_defaults(command="node", handler=_cmd_node)
+
+    infer = commands.add_parser(
+        "infer",
+        help="run one inference on a node and print the outputs",
+        description="Send inputs from .npy/.npz files to a node and print the outputs.",
+    )
+    _add_client_flags(infer)
+    infer.add_argument("--model", required=True, help="model name, as `edgemesh models` lists")
+    infer.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        metavar="[NAME=]FILE",
+        help="a .npy file for input NAME (NAME may be left out for one-input models), "
+        "or a .npz file whose arrays are named after the inputs (repeatable)",
+    )
+    infer.add_argument("--deadline", type=float, metavar="SECONDS", help="give up after this")
+    infer.add_argument("--json", action="store_true", help="print the outputs as JSON")
+    infer.set_defaults(command="infer", handler=_cmd_infer)
+
+    models = commands.add_parser(
+        "models", help="list a node's models", description="List the models a node serves."
+    )
+    _add_client_flags(models)
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.set_defaults(command="models", handler=_cmd_models)
+
+    status = commands.add_parser(
+        "status", help="show a node's status", description="Show a node's status and counters."
+    )
+    _add_client_flags(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    status.set_defaults(command="status", handler=_cmd_status)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start a node on this machine and classify handwritten digits through it",
+        description=(
+            "Start a node on 127.0.0.1 with the bundled models and a fresh mesh key, "
+            "classify the held-out handwritten digits through it from the SDK, print "
+            "accuracy and latency, and stop the node. Touches only loopback."
+        ),
+    )
+    demo.add_argument("--samples", type=int, metavar="N", help="classify only the first N digits")
+    demo.add_argument(
+        "--concurrency", type=int, default=32, metavar="N", help="requests in flight at once"
+    )
+    demo.set_defaults(command="demo", handler=_cmd_demo)
+    return parser
+
+
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node",
+        default=f"127.0.0.1:{DEFAULT_RPC_PORT}",
+        metavar="HOST:PORT",
+        help=f"the node to ask (default: 127.0.0.1:{DEFAULT_RPC_PORT})",
+    )
+    parser.add_argument(
+        "--mesh-key-file", metavar="FILE", help="the mesh key (or set EDGEMESH_MESH_KEY)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="wait this long"
+    )
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", help="debug, info, warning or error (default: info)")
+    parser.add_argument("--log-format", help="text or json (default: text)")
+
+
+# --- node ---------------------------------------------------------------------
+
+
+def _cmd_node(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    flags = {key: value for key, value in vars(args).items() if key not in {"config", "handler"}}
+    config = load_node_config(flags, environ, args.config)
+    configure_logging(config.log_level, config.log_format)
+    asyncio.run(_run_node(config))
+    return 0
+
+
+async def _run_node(config: NodeConfig) -> None:
+    # Imported here so that client commands start fast, without onnxruntime.
+    from mesh.node import Node
+
+    node = Node(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, node.stop)
+    try:
+        await node.run()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+# --- client commands ----------------------------------------------------------
+
+
+def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> MeshClient:
+    key = client_mesh_key(args.mesh_key_file, environ)
+    return MeshClient(args.node, mesh_key=key, timeout=args.timeout)
+
+
+def _cmd_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async def run() -> list[ModelInfo]:
+        async with _client(args, environ) as client:
+            return await client.models()
+
+    models = asyncio.run(run())
+    if args.json:
+        print(json.dumps([_model_json(m) for m in models], indent=2))
+        return 0
+    rows = [
+        [
+            m.name,
+            m.version,
+            ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in m.inputs),
+            ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in m.outputs),
+            "compute-only"
+            if m.compute_only
+            else ("" if m.accuracy is None else f"{m.accuracy:.4f}"),
+            m.sha256[:12],
+        ]
+        for m in models
+    ]
+    print(format_table(["model", "version", "inputs", "outputs", "accuracy", "sha256"], rows))
+    return 0
+
+
+def _model_json(model: ModelInfo) -> dict[str, Any]:
+    def tensor(t: Any) -> dict[str, Any]:
+        return {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+
+    return {
+        "name": model.name,
+        "version": model.version,
+        "sha256": model.sha256,
+        "inputs": [tensor(t) for t in model.inputs],
+        "outputs": [tensor(t) for t in model.outputs],
+        "description": model.description,
+        "accuracy": model.accuracy,
+        "compute_only": model.compute_only,
+    }
+
+
+def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async def run() -> dict[str, Any]:
+        async with _client(args, environ) as client:
+            return await client.status()
+
+    status = asyncio.run(run())
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    counters = status.get("counters", {})
+    rows: list[list[object]] = [
+        ["name", status.get("name")],
+        ["id", status.get("id")],
+        ["version", status.get("version")],
+        ["mesh", f"{status.get('mesh_id')} ({'key' if status.get('auth') else 'OPEN'})"],
+        ["models", ", ".join(status.get("models", []))],
+        ["uptime", f"{status.get('uptime_s', 0):.1f} s"],
+        *[[f"counters.{k}", v] for k, v in counters.items()],
+    ]
+    print(format_table(["field", "value"], rows))
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async def run() -> dict[str, np.ndarray[Any, Any]]:
+        async with _client(args, environ) as client:
+            inputs = load_inputs(args.input, await client.models(), args.model)
+            return await client.infer(args.model, inputs, deadline=args.deadline)
+
+    outputs = asyncio.run(run())
+    if args.json:
+        print(json.dumps({name: array.tolist() for name, array in outputs.items()}))
+        return 0
+    for name, array in outputs.items():
+        print(f"{name}: {array.dtype} {list(array.shape)}")
+        print(np.array2string(array, threshold=200, precision=4, suppress_small=True))
+    return 0
+
+
+def load_inputs(
+    specs: Sequence[str], models: Sequence[ModelInfo], model: str
+) -> dict[str, np.ndarray[Any, Any]]:
+    """Read ``--input`` values: ``NAME=FILE.npy``, ``FILE.npy`` or ``FILE.npz``."""
+    inputs: dict[str, np.ndarray[Any, Any]] = {}
+    for spec in specs:
+        name, sep, path_text = spec.partition("=")
+        if not sep:
+            name, path_text = "", spec
+        path = Path(path_text)
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"cannot read {path} as .npy or .npz: {exc}") from None
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                inputs.update({key: loaded[key] for key in loaded.files})
+            continue
+        if not name:
+            info = next((m for m in models if m.name == model), None)
+            if info is None or len(info.inputs) != 1:
+                raise InvalidInput(
+                    f"say which input {path} is for: --input NAME={path} "
+                    f"(model {model!r} has inputs "
+                    f"{[t.name for t in info.inputs] if info else 'unknown'})"
+                )
+            name = info.inputs[0].name
+        inputs[name] = loaded
+    return inputs
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain text table with aligned columns."""
+    cells = [[str(h) for h in header]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# --- demo ---------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from mesh.demo import run_demo
+
+    del environ
+    if args.samples is not None and args.samples <= 0:
+        raise ConfigError("--samples must be a positive number")
+    if args.concurrency <= 0:
+        raise ConfigError("--concurrency must be a positive number")
+    return run_demo(samples=args.samples, concurrency=args.concurrency)

@@ -1,0 +1,277 @@
+"""Configuration: frozen dataclasses, and the only module that reads TOML or the environment.
+
+Values are resolved once, in this order (later wins): built-in defaults, the
+TOML file given with ``--config``, ``EDGEMESH_*`` environment variables, then
+command-line flags. Everything below receives its values from here; nothing
+else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mesh.errors import ConfigError
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def bundled_models_dir() -> Path:
+    """The directory holding the models that ship with edgemesh.
+
+    In a wheel they live inside the package (``mesh/_models``); in a source
+    checkout (including an editable install) they are the repository's
+    ``models/`` directory.
+    """
+    package_dir = Path(__file__).resolve().parent
+    inside = package_dir / "_models"
+    if inside.is_dir():
+        return inside
+    return package_dir.parent / "models"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How models are found and run."""
+
+    model_dirs: tuple[Path, ...] = field(default_factory=lambda: (bundled_models_dir(),))
+    # Serve only these model names; None serves every model found.
+    model_names: tuple[str, ...] | None = None
+    # onnxruntime threads per inference call. One keeps a busy node from
+    # oversubscribing small devices; parallelism comes from concurrent calls.
+    intra_op_threads: int = 1
+    # Calls of one model running at the same time on this node.
+    per_model_concurrency: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    # Worker threads shared by all models.
+    executor_threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    """Limits and timeouts of msgpack-RPC connections."""
+
+    # Largest single message accepted or sent.
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Requests being worked on for one connection at once; more are refused
+    # with Overloaded rather than queued without bound.
+    max_in_flight_per_connection: int = 1024
+    # Default time a client waits for an answer to one call.
+    call_timeout_s: float = 30.0
+    # Time to open a connection and finish the handshake.
+    connect_timeout_s: float = 5.0
+
+
+DEFAULT_RPC_PORT = 7700
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one ``edgemesh node`` needs."""
+
+    name: str = field(default_factory=socket.gethostname)
+    # All interfaces by default: a mesh node exists to be reached from the LAN.
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_RPC_PORT
+    # The shared secret of the mesh; None runs an open node.
+    mesh_key: bytes | None = field(default=None, repr=False)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    rpc: RpcConfig = field(default_factory=RpcConfig)
+    # Written as JSON once the node listens, for scripts and supervisors.
+    ready_file: Path | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+# --- resolving settings from file, environment and flags ----------------------
+
+MIN_MESH_KEY_BYTES = 16
+ENV_PREFIX = "EDGEMESH_"
+
+
+def _integer(key: str, value: object, expected: str) -> int:
+    """An int from TOML (int) or the environment and flags (decimal text)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise ConfigError(f"{key} must be {expected}, got {value!r}")
+
+
+def _positive_int(key: str, value: object) -> int:
+    number = _integer(key, value, "a positive integer")
+    if number <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+    return number
+
+
+def _port(key: str, value: object) -> int:
+    number = _integer(key, value, "a port number 0..65535")
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{key} must be a port number 0..65535, got {value!r}")
+    return number
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _choice(*choices: str) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        text = _text(key, value).lower()
+        if text not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+        return text
+
+    return parse
+
+
+def _string_list(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = [part for part in value.replace(os.pathsep, ",").split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
+    return tuple(_text(key, item) for item in items)
+
+
+# Every node setting: its key (TOML key, flag dest, and EDGEMESH_<KEY> upper-cased),
+# and how its value is checked.
+_NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
+    "name": _text,
+    "host": _text,
+    "port": _port,
+    "models": _string_list,
+    "model": _string_list,
+    "mesh_key_file": _text,
+    "intra_op_threads": _positive_int,
+    "per_model_concurrency": _positive_int,
+    "executor_threads": _positive_int,
+    "max_message_bytes": _positive_int,
+    "max_in_flight_per_connection": _positive_int,
+    "ready_file": _text,
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("text", "json"),
+}
+NODE_SETTING_KEYS = tuple(_NODE_SETTINGS)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError names the file and what is wrong."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def read_mesh_key(path: Path) -> bytes:
+    """The mesh key stored in ``path`` (surrounding whitespace ignored)."""
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read mesh key file {path}: {exc.strerror or exc}") from None
+    return check_mesh_key(key, f"mesh key file {path}")
+
+
+def check_mesh_key(key: bytes, source: str) -> bytes:
+    """Refuse keys too short to resist guessing."""
+    if len(key) < MIN_MESH_KEY_BYTES:
+        raise ConfigError(
+            f"{source} holds {len(key)} bytes; a mesh key needs at least {MIN_MESH_KEY_BYTES} "
+            "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    return key
+
+
+def mesh_key_from(*, key_file: str | None, environ: Mapping[str, str]) -> bytes | None:
+    """The mesh key from a key file, else from ``EDGEMESH_MESH_KEY``, else None."""
+    if key_file is not None:
+        return read_mesh_key(Path(key_file).expanduser())
+    from_env = environ.get(ENV_PREFIX + "MESH_KEY")
+    if from_env:
+        return check_mesh_key(from_env.strip().encode(), "EDGEMESH_MESH_KEY")
+    return None
+
+
+def load_node_config(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: Path | None = None,
+) -> NodeConfig:
+    """Resolve a NodeConfig: defaults < TOML file < EDGEMESH_* environment < flags.
+
+    ``flags`` holds only the flags the user gave (None means not given).
+    """
+    settings: dict[str, object] = {}
+    if config_file is not None:
+        table = read_toml(config_file)
+        unknown = sorted(set(table) - set(_NODE_SETTINGS))
+        if unknown:
+            raise ConfigError(
+                f"config file {config_file}: unknown keys {unknown}; "
+                f"known: {', '.join(NODE_SETTING_KEYS)}"
+            )
+        for key, value in table.items():
+            settings[key] = _NODE_SETTINGS[key](f"{config_file}: {key}", value)
+    for key, parse in _NODE_SETTINGS.items():
+        env_name = ENV_PREFIX + key.upper()
+        if env_name in environ:
+            settings[key] = parse(env_name, environ[env_name])
+    for key, value in flags.items():
+        if value is not None and key in _NODE_SETTINGS:
+            settings[key] = _NODE_SETTINGS[key](f"--{key.replace('_', '-')}", value)
+    return _build_node_config(settings, environ)
+
+
+def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) -> NodeConfig:
+    defaults_runtime = RuntimeConfig()
+    model_dirs = tuple(Path(d).expanduser() for d in settings.get("models", ())) or (
+        defaults_runtime.model_dirs
+    )
+    model_names = settings.get("model") or None
+    runtime = RuntimeConfig(
+        model_dirs=model_dirs,
+        model_names=model_names,
+        intra_op_threads=settings.get("intra_op_threads", defaults_runtime.intra_op_threads),
+        per_model_concurrency=settings.get(
+            "per_model_concurrency", defaults_runtime.per_model_concurrency
+        ),
+        executor_threads=settings.get("executor_threads", defaults_runtime.executor_threads),
+    )
+    defaults_rpc = RpcConfig()
+    rpc = RpcConfig(
+        max_message_bytes=settings.get("max_message_bytes", defaults_rpc.max_message_bytes),
+        max_in_flight_per_connection=settings.get(
+            "max_in_flight_per_connection", defaults_rpc.max_in_flight_per_connection
+        ),
+    )
+    defaults = NodeConfig()
+    ready_file = settings.get("ready_file")
+    return NodeConfig(
+        name=settings.get("name", defaults.name),
+        host=settings.get("host", defaults.host),
+        port=settings.get("port", defaults.port),
+        mesh_key=mesh_key_from(key_file=settings.get("mesh_key_file"), environ=environ),
+        runtime=runtime,
+        rpc=rpc,
+        ready_file=None if ready_file is None else Path(ready_file),
+        log_level=settings.get("log_level", defaults.log_level),
+        log_format=settings.get("log_format", defaults.log_format),
+    )
+
+
+def client_mesh_key(key_file: str | None, environ: Mapping[str, str]) -> bytes | None:
+    """The mesh key for a command-line client: the same sources as the node's."""
+    return mesh_key_from(key_file=key_file, environ=environ)

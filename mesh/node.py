@@ -1,0 +1,210 @@
+"""One edgemesh node: the RPC server wired to the model runtime.
+
+:meth:`Node.run` owns everything the node starts, inside one TaskGroup, and
+returns only after all of it has stopped. The methods it serves:
+
+* ``infer(model, inputs[, options])`` → map of output name to tensor
+* ``models()`` → the models served, with their signatures
+* ``status()`` → identity, models and counters
+* ``ping()`` → ``"pong"``
+* ``hello(...)`` → the mesh-key handshake (handled in :mod:`mesh.rpc`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from mesh._version import __version__
+from mesh.config import NodeConfig
+from mesh.core.auth import mesh_id
+from mesh.core.codec import encode_tensors
+from mesh.core.requests import parse_infer
+from mesh.errors import BadRequest, DeadlineExceeded, MeshError
+from mesh.rpc import Methods, RpcConnection, RpcServer
+from mesh.runtime import Runtime
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """A node serving the models of ``config`` over msgpack-RPC.
+
+    ``runtime`` may be passed in (tests share one across nodes); by default
+    the node loads its own from ``config.runtime`` and closes it on exit.
+    """
+
+    def __init__(self, config: NodeConfig, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self.id = uuid.uuid4().hex[:12]
+        self.mesh_id = mesh_id(config.mesh_key)
+        self.ready = asyncio.Event()
+        self._runtime = runtime
+        self._owns_runtime = runtime is None
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self._server: RpcServer | None = None
+        self._counters: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._in_flight = 0
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The RPC port the node listens on (known once :attr:`ready` is set)."""
+        if self._server is None or self._server.bound_port is None:
+            raise RuntimeError("the node is not listening yet")
+        return self._server.bound_port
+
+    @property
+    def runtime(self) -> Runtime:
+        """The model runtime (available once :attr:`ready` is set)."""
+        if self._runtime is None:
+            raise RuntimeError("the node has not loaded its models yet")
+        return self._runtime
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down; safe to call from a signal handler."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` is called or the task is cancelled."""
+        if self._runtime is None:
+            # Loading verifies hashes and builds sessions: seconds of CPU on
+            # a small device, so it runs off the event loop.
+            self._runtime = await asyncio.to_thread(Runtime, self.config.runtime)
+        try:
+            await self._serve()
+        finally:
+            if self._owns_runtime:
+                await self._runtime.aclose()
+
+    async def _serve(self) -> None:
+        config = self.config
+        if config.mesh_key is None:
+            log.warning(
+                "node %s runs an OPEN mesh: anyone who can reach %s:%d can use it. "
+                "Give every node the same --mesh-key-file to close it.",
+                config.name,
+                config.host,
+                config.port,
+            )
+        self._server = RpcServer(
+            host=config.host,
+            port=config.port,
+            config=config.rpc,
+            methods=self._methods(),
+            key=config.mesh_key,
+            hello_info=self._hello_info,
+        )
+        port = await self._server.start()
+        async with asyncio.TaskGroup() as tasks:
+            serving = tasks.create_task(self._server.serve())
+            self._announce(port)
+            await self._stop.wait()
+            log.info("node %s stopping", config.name)
+            serving.cancel()
+
+    def _announce(self, port: int) -> None:
+        config = self.config
+        log.info(
+            "node %s (%s) listening on %s:%d with models %s; mesh %s",
+            config.name,
+            self.id,
+            config.host,
+            port,
+            ", ".join(self.runtime.names) or "(none)",
+            self.mesh_id,
+        )
+        if config.ready_file is not None:
+            info = {"name": config.name, "id": self.id, "host": config.host, "rpc_port": port}
+            temporary = config.ready_file.with_suffix(config.ready_file.suffix + ".tmp")
+            temporary.write_text(json.dumps(info))
+            # A rename is atomic: a watcher never reads half a file.
+            temporary.replace(config.ready_file)
+        self.ready.set()
+
+    # --- methods -------------------------------------------------------------
+
+    def _methods(self) -> Methods:
+        return Methods(
+            inline={"ping": self._ping, "models": self._models, "status": self._status},
+            concurrent={"infer": self._infer},
+        )
+
+    def _hello_info(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "id": self.id,
+            "version": __version__,
+            "mesh_id": self.mesh_id,
+            "role": "node",
+        }
+
+    @staticmethod
+    def _no_params(method: str, params: list[Any]) -> None:
+        if params:
+            raise BadRequest(f"{method} takes no parameters, got {len(params)}")
+
+    def _ping(self, _: RpcConnection, params: list[Any]) -> str:
+        self._no_params("ping", params)
+        return "pong"
+
+    def _models(self, _: RpcConnection, params: list[Any]) -> list[dict[str, Any]]:
+        self._no_params("models", params)
+        return [spec.to_wire() for spec in self.runtime.specs()]
+
+    def _status(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        self._no_params("status", params)
+        server = self._server
+        return {
+            **self._hello_info(),
+            "models": list(self.runtime.names),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "auth": self.config.mesh_key is not None,
+            "rpc": {
+                "host": self.config.host,
+                "port": None if server is None else server.bound_port,
+                "connections": 0 if server is None else server.connections,
+            },
+            "counters": {
+                "requests": self._counters["requests"],
+                "served": self._counters["served"],
+                "failed": self._counters["failed"],
+                "in_flight": self._in_flight,
+                "errors": dict(self._errors),
+            },
+        }
+
+    async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        self._counters["requests"] += 1
+        self._in_flight += 1
+        try:
+            request = parse_infer(params)
+            if request.deadline_ms is None:
+                outputs = await self.runtime.infer(request.model, request.inputs)
+            else:
+                try:
+                    async with asyncio.timeout(request.deadline_ms / 1000):
+                        outputs = await self.runtime.infer(request.model, request.inputs)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"request {request.request_id or '(no id)'} for {request.model} "
+                        f"missed its deadline of {request.deadline_ms:g} ms"
+                    ) from None
+        except MeshError as exc:
+            self._counters["failed"] += 1
+            self._errors[exc.code] += 1
+            raise
+        finally:
+            self._in_flight -= 1
+        self._counters["served"] += 1
+        return encode_tensors(outputs)
