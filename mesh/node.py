@@ -107,7 +107,9 @@ class Node:
         )
         port = await self._server.start()
         async with asyncio.TaskGroup() as tasks:
-            serving = tasks.create_task(self._server.serve())
+            listening = asyncio.Event()
+            serving = tasks.create_task(self._server.serve(listening))
+            await listening.wait()
             self._announce(port)
             await self._stop.wait()
             log.info("node %s stopping", config.name)

@@ -467,8 +467,11 @@ class RpcServer:
         self.bound_port = int(self._server.sockets[0].getsockname()[1])
         return self.bound_port
 
-    async def serve(self) -> None:
-        """Accept connections until cancelled; then drop every connection."""
+    async def serve(self, listening: asyncio.Event | None = None) -> None:
+        """Accept connections until cancelled; then drop every connection.
+
+        ``listening`` is set once connections are being accepted.
+        """
         if self._server is None:
             raise RuntimeError("RpcServer.start() must be awaited before serve()")
         server = self._server
@@ -476,6 +479,8 @@ class RpcServer:
             self._tasks = tasks
             try:
                 await server.start_serving()
+                if listening is not None:
+                    listening.set()
                 await asyncio.Event().wait()
             finally:
                 server.close()

@@ -113,6 +113,8 @@ class _Candidate:
 
 @dataclass
 class _Loaded:
+    """A model ready to run: its spec, its session and its concurrency limit."""
+
     spec: ModelSpec
     session: Any  # ort.InferenceSession; untyped
     semaphore: asyncio.Semaphore
@@ -214,11 +216,12 @@ class Runtime:
         validate_inputs(loaded.spec, inputs)
         if self._closed:
             raise InferenceFailed(f"model '{model}': the runtime is closed")
+        # A snapshot: the caller may reuse its mapping while the thread runs.
         feeds = dict(inputs)
+        options = _run_options()
         loop = asyncio.get_running_loop()
         semaphore = loaded.semaphore
         await semaphore.acquire()
-        options = _run_options()
         try:
             work = self._executor.submit(loaded.run, feeds, options)
         except RuntimeError as exc:  # the executor was shut down meanwhile

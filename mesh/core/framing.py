@@ -185,10 +185,19 @@ class RpcFraming:
             return NEED_DATA
         except msgpack.StackError:
             self._fail(ProtocolError("message nested too deeply"))
-        except (ValueError, UnicodeDecodeError, TypeError) as exc:
-            # FormatError (bytes that are not msgpack), ValueError (a declared
-            # length over our limits), UnicodeDecodeError (invalid str),
-            # TypeError (a non-string map key) all leave the stream unusable.
+        except ValueError as exc:
+            # FormatError (bytes that are not msgpack), UnicodeDecodeError (a
+            # str that is not UTF-8) and declared lengths over our limits are
+            # all ValueErrors; each leaves the stream unusable.
+            if "exceeds max" in str(exc):
+                # msgpack checks a declared length once the header is complete.
+                self._fail(
+                    MessageTooLarge(
+                        f"message larger than the limit of {self.max_message_size} bytes ({exc})"
+                    )
+                )
+            self._fail(ProtocolError(f"not a valid msgpack stream: {exc}"))
+        except TypeError as exc:  # a map key that is not a string
             self._fail(ProtocolError(f"not a valid msgpack stream: {exc}"))
         self._message_start = self._unpacker.tell()
         self._head.clear()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -358,9 +357,16 @@ def _string(
 
 def _file(table: Mapping[str, Any], where: str) -> str:
     value = _string(table, "file", where, example='file = "model.onnx"')
-    path = PurePosixPath(value)
-    # The file must stay inside the model directory the manifest describes.
-    if path.is_absolute() or ".." in path.parts or "\\" in value or path.suffix != ".onnx":
+    parts = value.split("/")
+    # The file must stay inside the model directory the manifest describes
+    # (checked on the string: core does not touch pathlib or the disk).
+    if (
+        value.startswith("/")
+        or "\\" in value
+        or any(p in ("", ".", "..") for p in parts)
+        or not value.endswith(".onnx")
+        or parts[-1] == ".onnx"
+    ):
         raise ConfigError(
             f"{where}: key 'file' must be a relative path to a .onnx file inside the"
             f" model directory, got {value!r}"
