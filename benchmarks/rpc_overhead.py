@@ -288,9 +288,7 @@ async def node_phase(
             timing = await measure_async(infer, counts.seq(payload), counts.warmup(payload), 1)
             rows.append(make_row("edgemesh node", "infer", payload, 1, timing, **sizes))
             depth = window(payload)
-            timing = await measure_async(
-                infer, counts.pipe(payload), counts.warmup(payload), depth
-            )
+            timing = await measure_async(infer, counts.pipe(payload), counts.warmup(payload), depth)
             rows.append(make_row("edgemesh node", "infer", payload, depth, timing, **sizes))
 
         ping_wire = len(encode_request(1, "ping", [])) + len(encode_response(1, None, "pong"))
@@ -309,7 +307,9 @@ async def node_phase(
     # refuses it with BadRequest. Transport and framing, no inference.
     blob = inputs[LARGE].tobytes()
     refused = len(encode_request(1, "ping", [blob]))
-    refused += len(encode_response(1, BadRequest("ping takes no parameters, got 1").to_wire(), None))
+    refused += len(
+        encode_response(1, BadRequest("ping takes no parameters, got 1").to_wire(), None)
+    )
     rpc = RpcClient("127.0.0.1", port, config=RpcConfig(), key=key)
     async with rpc:
 
@@ -397,7 +397,9 @@ def start_grpc_server(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     return process, int(json.loads(ready.read_text())["port"])
 
 
-async def grpc_phase(port: int, inputs: dict[str, np.ndarray[Any, Any]], counts: Counts) -> list[Row]:
+async def grpc_phase(
+    port: int, inputs: dict[str, np.ndarray[Any, Any]], counts: Counts
+) -> list[Row]:
     import grpc
 
     rows: list[Row] = []

@@ -12,6 +12,7 @@ Every error raised on purpose is a :class:`MeshError`; see :mod:`mesh.errors`.
 """
 
 from mesh._version import __version__
+from mesh.client import Client, MeshClient, ModelInfo, TensorInfo
 from mesh.errors import (
     AuthError,
     BadRequest,
@@ -37,15 +38,18 @@ from mesh.errors import (
 __all__ = [
     "AuthError",
     "BadRequest",
+    "Client",
     "ConfigError",
     "DeadlineExceeded",
     "InferenceFailed",
     "InternalError",
     "InvalidInput",
+    "MeshClient",
     "MeshError",
     "MessageTooLarge",
     "MethodNotFound",
     "ModelError",
+    "ModelInfo",
     "ModelIntegrityError",
     "ModelNotFound",
     "Overloaded",
@@ -53,6 +57,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RpcTimeout",
+    "TensorInfo",
     "TransportError",
     "__version__",
 ]

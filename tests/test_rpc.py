@@ -141,11 +141,13 @@ async def test_unknown_method_names_what_is_served() -> None:
 
 async def test_outgoing_message_over_the_limit_fails_locally() -> None:
     config = RpcConfig(max_message_bytes=1024)
-    async with serving() as server:
-        async with RpcClient("127.0.0.1", port_of(server), config=config) as client:
-            with pytest.raises(MessageTooLarge):
-                await client.call("echo", [b"x" * 2048])
-            assert await client.call("echo", ["small"]) == "small"
+    async with (
+        serving() as server,
+        RpcClient("127.0.0.1", port_of(server), config=config) as client,
+    ):
+        with pytest.raises(MessageTooLarge):
+            await client.call("echo", [b"x" * 2048])
+        assert await client.call("echo", ["small"]) == "small"
 
 
 async def test_incoming_message_over_the_limit_closes_that_connection_only() -> None:
@@ -167,11 +169,13 @@ async def test_incoming_message_over_the_limit_closes_that_connection_only() -> 
 
 
 async def test_matching_keys_connect() -> None:
-    async with serving(key=KEY) as server:
-        async with RpcClient("127.0.0.1", port_of(server), key=KEY) as client:
-            assert client.hello["auth"] == "ok"
-            assert client.hello["name"] == "rpc-test"
-            assert await client.call("echo", [1]) == 1
+    async with (
+        serving(key=KEY) as server,
+        RpcClient("127.0.0.1", port_of(server), key=KEY) as client,
+    ):
+        assert client.hello["auth"] == "ok"
+        assert client.hello["name"] == "rpc-test"
+        assert await client.call("echo", [1]) == 1
 
 
 async def test_wrong_key_is_refused_on_both_sides() -> None:
