@@ -209,3 +209,17 @@ def test_demo_runs_and_leaves_no_process_behind() -> None:
         ["pgrep", "-f", "mesh node --name demo-node"], capture_output=True, check=False
     )
     assert leftover.stdout == b""
+
+
+def test_classify_digits_example(keyed_node: tuple[int, Path]) -> None:
+    port, _ = keyed_node
+    example = Path(__file__).resolve().parents[2] / "examples" / "classify_digits.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--node", f"127.0.0.1:{port}", "--mesh-key", KEY.decode()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "accuracy: 0.9689" in result.stdout
