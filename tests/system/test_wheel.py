@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_wheel_ships_the_models_and_a_node_serves_them(tmp_path: Path) -> None:
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
-        + ["-w", str(tmp_path / "dist"), str(REPO)],
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
+            *("-w", str(tmp_path / "dist"), str(REPO)),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -48,8 +50,10 @@ def test_wheel_ships_the_models_and_a_node_serves_them(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     env = {**os.environ, "PYTHONPATH": str(site)}
     node = subprocess.Popen(
-        [sys.executable, "-m", "mesh", "node", "--host", "127.0.0.1", "--port", "0"]
-        + ["--ready-file", str(ready), "--log-level", "warning"],
+        [
+            *(sys.executable, "-m", "mesh", "node", "--host", "127.0.0.1", "--port", "0"),
+            *("--ready-file", str(ready), "--log-level", "warning"),
+        ],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
