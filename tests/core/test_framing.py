@@ -196,3 +196,26 @@ def test_fuzz_random_bytes_never_escape_the_error_tree(data: bytes) -> None:
         drain(framing)
     except ProtocolError:
         pass
+
+
+@given(messages)
+def test_the_connection_packer_encodes_like_the_module_functions(
+    message: Request | Response | Notification,
+) -> None:
+    framing = RpcFraming()
+    if isinstance(message, Request):
+        data = framing.request(message.msgid, message.method, message.params)
+    elif isinstance(message, Response):
+        data = framing.response(message.msgid, message.error, message.result)
+    else:
+        data = framing.notification(message.method, message.params)
+    assert data == encode(message)
+
+
+def test_the_connection_packer_recovers_after_a_refused_message() -> None:
+    framing = RpcFraming(max_message_size=256)
+    with pytest.raises(BadRequest):
+        framing.response(1, None, {"x": object()})
+    with pytest.raises(MessageTooLarge):
+        framing.request(2, "echo", [b"x" * 300])
+    assert framing.request(3, "ping", []) == encode_request(3, "ping", [])
