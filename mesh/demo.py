@@ -64,15 +64,20 @@ def start_node_process(
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
     deadline = time.monotonic() + _READY_TIMEOUT_S
-    while not ready.exists():
-        if process.poll() is not None:
-            log = (workdir / f"{name}.log").read_text(errors="replace")
-            raise PeerUnavailable(f"node {name} exited with {process.returncode}:\n{log}")
-        if time.monotonic() > deadline:
-            stop_process(process)
-            raise PeerUnavailable(f"node {name} did not start within {_READY_TIMEOUT_S:.0f} s")
-        time.sleep(0.05)
-    return process, int(json.loads(ready.read_text())["rpc_port"])
+    try:
+        while not ready.exists():
+            if process.poll() is not None:
+                log = (workdir / f"{name}.log").read_text(errors="replace")
+                raise PeerUnavailable(f"node {name} exited with {process.returncode}:\n{log}")
+            if time.monotonic() > deadline:
+                raise PeerUnavailable(f"node {name} did not start within {_READY_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+        port = int(json.loads(ready.read_text())["rpc_port"])
+    except BaseException:
+        # Ctrl-C or a failure while waiting must not leave the node running.
+        stop_process(process)
+        raise
+    return process, port
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
