@@ -63,21 +63,26 @@ def start_node_process(
     log_file = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
-    deadline = time.monotonic() + _READY_TIMEOUT_S
     try:
-        while not ready.exists():
-            if process.poll() is not None:
-                log = (workdir / f"{name}.log").read_text(errors="replace")
-                raise PeerUnavailable(f"node {name} exited with {process.returncode}:\n{log}")
-            if time.monotonic() > deadline:
-                raise PeerUnavailable(f"node {name} did not start within {_READY_TIMEOUT_S:.0f} s")
-            time.sleep(0.05)
-        port = int(json.loads(ready.read_text())["rpc_port"])
+        port = _wait_ready(process, ready, workdir / f"{name}.log", name)
     except BaseException:
         # Ctrl-C or a failure while waiting must not leave the node running.
         stop_process(process)
         raise
     return process, port
+
+
+def _wait_ready(process: subprocess.Popen[bytes], ready: Path, log: Path, name: str) -> int:
+    """The node's port once it has written its ready file."""
+    deadline = time.monotonic() + _READY_TIMEOUT_S
+    while not ready.exists():
+        if process.poll() is not None:
+            output = log.read_text(errors="replace")
+            raise PeerUnavailable(f"node {name} exited with {process.returncode}:\n{output}")
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(f"node {name} did not start within {_READY_TIMEOUT_S:.0f} s")
+        time.sleep(0.05)
+    return int(json.loads(ready.read_text())["rpc_port"])
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
