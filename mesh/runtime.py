@@ -8,9 +8,12 @@ node refuses to start. Any other ``*.onnx`` file is a user's own model and is
 served as it is, under its file stem; one that cannot be served is logged and
 skipped so a single bad file does not take the node down.
 
-Inference runs in one shared thread pool. A per-model semaphore bounds how
-many calls of one model run at once, and its slot is held until the worker
-thread finishes, not merely until the caller stops waiting.
+Inference runs in one shared thread pool, never on the event loop. Each model
+has a queue and a limit on how many calls of it run at once; a slot is held
+until the worker thread finishes, not merely until the caller stops waiting.
+A worker that finishes a call takes the next queued call of the same model
+itself, and results go back to the loop in batches, so a busy model costs one
+loop wakeup per batch of results rather than a round trip per call.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import concurrent.futures
 import contextlib
 import hashlib
 import logging
+import threading
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -111,14 +116,26 @@ class _Candidate:
     entry: ManifestEntry | None  # None: not in any manifest
 
 
-@dataclass
+@dataclass(eq=False)
 class _Loaded:
-    """A model ready to run: its spec, its session and its concurrency limit."""
+    """A model ready to run: its spec, its session, and its queue of calls.
+
+    ``queue``, ``running`` and ``waiting`` belong to :class:`Runtime` and are
+    guarded by its lock.
+    """
 
     spec: ModelSpec
     session: Any  # ort.InferenceSession; untyped
-    semaphore: asyncio.Semaphore
+    limit: int
     output_names: list[str] = field(default_factory=list)
+    # Calls not yet taken by a worker, oldest first; cancelled ones stay here,
+    # flagged, until a worker skips them (removing them would cost O(n) each).
+    queue: deque[_Call] = field(default_factory=deque)
+    # Workers of this model (at most ``limit``), whether running or still
+    # waiting in the executor for a thread; they are what the limit counts.
+    running: int = 0
+    # Of those, the ones still waiting for a thread.
+    waiting: int = 0
 
     def run(self, feeds: Tensors, options: Any) -> Tensors:
         """Called on a worker thread. InferenceSession.run is thread-safe."""
@@ -141,12 +158,66 @@ class _Loaded:
         return out
 
 
+@dataclass(eq=False, slots=True)
+class _Call:
+    """One call on its way from an event loop to a worker thread."""
+
+    feeds: Tensors
+    options: Any  # ort.RunOptions; untyped
+    future: asyncio.Future[Tensors]
+    inbox: _Inbox
+    cancelled: bool = False  # guarded by Runtime._lock
+
+
+class _Inbox:
+    """Outcomes of calls on their way back from worker threads to one event loop.
+
+    Waking a loop from another thread costs a syscall and a loop iteration, a
+    large part of a small model's call. So a worker wakes the loop only when
+    the inbox was empty; the results that arrive before the loop gets to them
+    ride along with the same wakeup.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._outcomes: list[tuple[_Call, Tensors | BaseException]] = []
+        # Set while a delivery is scheduled and has not yet taken the outcomes.
+        # Taking them and clearing it happen under one lock, so every outcome
+        # is either taken by the scheduled delivery or schedules the next one.
+        self._scheduled = False
+
+    def put(self, call: _Call, outcome: Tensors | BaseException) -> None:
+        """Hand over one outcome; callable from any thread."""
+        with self._lock:
+            self._outcomes.append((call, outcome))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        # A closed loop raises RuntimeError; nobody is left to take the outcome.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, []
+            self._scheduled = False
+        for call, outcome in outcomes:
+            future = call.future
+            if future.done():  # cancelled: the caller stopped waiting
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
 class Runtime:
     """Serves the ONNX models of ``config.model_dirs``.
 
     Use as a context manager (sync or async), or call :meth:`close` /
-    :meth:`aclose`. One Runtime serves one event loop: its semaphores bind to
-    the loop that first waits on them.
+    :meth:`aclose`. Calls may come from any event loop; each result goes back
+    to the loop that made the call.
     """
 
     def __init__(self, config: RuntimeConfig) -> None:
@@ -172,7 +243,15 @@ class Runtime:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=config.executor_threads, thread_name_prefix="mesh-infer"
         )
+        # Guards _closed, _waiting, and each model's queue, running and waiting.
+        # Held only for a few bookkeeping steps, never while a model runs.
+        self._lock = threading.Lock()
         self._closed = False
+        # Workers of every model submitted to the executor but not yet on a
+        # thread; a worker with more work yields its thread when some of
+        # these belong to another model.
+        self._waiting = 0
+        self._inbox: _Inbox | None = None
 
     # --- registry -----------------------------------------------------------
 
@@ -214,38 +293,109 @@ class Runtime:
         """
         loaded = self._get(model)
         validate_inputs(loaded.spec, inputs)
-        if self._closed:
-            raise InferenceFailed(f"model '{model}': the runtime is closed")
-        # A snapshot: the caller may reuse its mapping while the thread runs.
-        feeds = dict(inputs)
-        options = _run_options()
         loop = asyncio.get_running_loop()
-        semaphore = loaded.semaphore
-        await semaphore.acquire()
+        inbox = self._inbox
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = _Inbox(loop)
+        # A snapshot of the mapping: the caller may reuse it while the thread runs.
+        call = _Call(dict(inputs), _run_options(), loop.create_future(), inbox)
+        with self._lock:
+            if self._closed:
+                raise InferenceFailed(f"model '{model}': the runtime is closed")
+            if loaded.running < loaded.limit:
+                self._start_worker(loaded)
+            loaded.queue.append(call)
         try:
-            work = self._executor.submit(loaded.run, feeds, options)
-        except RuntimeError as exc:  # the executor was shut down meanwhile
-            semaphore.release()
-            raise InferenceFailed(f"model '{model}': the runtime is closed") from exc
-        work.add_done_callback(_release_on(loop, semaphore))
-        try:
-            return await asyncio.wrap_future(work)
+            return await call.future
         except asyncio.CancelledError:
-            # Nobody wants the result: free the CPU early rather than finish.
-            options.terminate = True
+            with self._lock:
+                call.cancelled = True  # still queued: the worker skips it
+            # Already running: nobody wants the result, so free the CPU early
+            # rather than finish. Set either way, as the worker may be taking
+            # the call right now; a run that starts terminated stops at once.
+            call.options.terminate = True
             raise
+
+    def _start_worker(self, loaded: _Loaded) -> None:
+        """Take a slot of ``loaded`` for a new worker; call with the lock held."""
+        try:
+            self._executor.submit(self._work, loaded)
+        except RuntimeError as exc:  # the interpreter is shutting down
+            raise InferenceFailed(f"model '{loaded.spec.name}': the runtime is closed") from exc
+        loaded.running += 1
+        loaded.waiting += 1
+        self._waiting += 1
+
+    def _work(self, loaded: _Loaded) -> None:
+        """Run queued calls of one model on a worker thread until none are left.
+
+        Taking the next call here, rather than returning to the loop for it,
+        keeps the thread busy while the loop is busy elsewhere, and costs no
+        wakeup.
+        """
+        with self._lock:
+            loaded.waiting -= 1
+            self._waiting -= 1
+        # A worker that has just got its thread runs at least one call before
+        # it may yield, or workers could pass the threads around forever.
+        call = self._next_call(loaded, may_yield=False)
+        while call is not None:
+            try:
+                result = loaded.run(call.feeds, call.options)
+            except BaseException as exc:
+                # Whatever it is, it is the caller's: raised where it awaits,
+                # as concurrent.futures would. Letting it end this loop would
+                # strand the model's slot and every call queued behind it.
+                call.inbox.put(call, exc)
+            else:
+                call.inbox.put(call, result)
+            call = self._next_call(loaded, may_yield=True)
+
+    def _next_call(self, loaded: _Loaded, *, may_yield: bool) -> _Call | None:
+        """The next call this worker should run; None when it should stop."""
+        with self._lock:
+            queue = loaded.queue
+            while queue and queue[0].cancelled:
+                queue.popleft()
+            if not queue:
+                loaded.running -= 1
+                return None
+            if may_yield and self._waiting > loaded.waiting:
+                # Another model's worker waits for a thread: go to the back of
+                # the executor's line rather than keep this thread, so a busy
+                # model cannot starve the others. The slot goes along.
+                with contextlib.suppress(RuntimeError):  # interpreter shutdown: stay
+                    self._executor.submit(self._work, loaded)
+                    loaded.waiting += 1
+                    self._waiting += 1
+                    return None
+            return queue.popleft()
 
     # --- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Refuse new calls and wait for running ones to finish. Idempotent."""
-        self._closed = True
+        """Refuse new calls, fail queued ones and wait for running ones. Idempotent.
+
+        A call still waiting for a thread fails with InferenceFailed; one
+        already running finishes, and its caller gets its result.
+        """
+        self._refuse_calls()
         self._executor.shutdown(wait=True)
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""
-        self._closed = True
+        self._refuse_calls()
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+    def _refuse_calls(self) -> None:
+        dropped: list[tuple[str, _Call]] = []
+        with self._lock:
+            self._closed = True
+            for name, loaded in self._models.items():
+                dropped.extend((name, call) for call in loaded.queue if not call.cancelled)
+                loaded.queue.clear()
+        for name, call in dropped:
+            call.inbox.put(call, InferenceFailed(f"model '{name}': the runtime is closed"))
 
     def __enter__(self) -> Self:
         return self
@@ -373,7 +523,7 @@ class Runtime:
         return _Loaded(
             spec=spec,
             session=session,
-            semaphore=asyncio.Semaphore(self._config.per_model_concurrency),
+            limit=self._config.per_model_concurrency,
             output_names=[t.name for t in spec.outputs],
         )
 
@@ -500,19 +650,6 @@ def _run_options() -> Any:
     # onnxruntime would also print it to stderr, behind our logging.
     options.log_severity_level = 4
     return options
-
-
-def _release_on(
-    loop: asyncio.AbstractEventLoop, semaphore: asyncio.Semaphore
-) -> Callable[[concurrent.futures.Future[Tensors]], None]:
-    """A done-callback that frees a semaphore slot from whatever thread finishes the work."""
-
-    def release(_: concurrent.futures.Future[Tensors]) -> None:
-        # A closed loop raises RuntimeError; nobody is left to wait for the slot.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(semaphore.release)
-
-    return release
 
 
 def _ort_message(exc: BaseException) -> str:

@@ -9,7 +9,7 @@ import shutil
 import threading
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,7 @@ def _config(*dirs: Path, **kwargs: Any) -> RuntimeConfig:
 
 @pytest.fixture
 def runtime() -> Iterator[Runtime]:
-    # Function scope: a Runtime's semaphores belong to one event loop, and
-    # each test gets its own loop.
+    # Function scope: tests swap sessions for fakes.
     with Runtime(_config(model_names=("digits-small", "digits-large"))) as rt:
         yield rt
 
@@ -164,6 +163,17 @@ async def test_model_not_found(runtime: Runtime) -> None:
     assert "cnn-heavy" not in runtime
 
 
+class _Activity:
+    """Runs seen by the fake sessions that share it, whichever model or thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0
+        self.order: list[str] = []
+        self.threads: set[int] = set()
+
+
 class _FakeSession:
     """Stands in for an InferenceSession to observe or break the thread side."""
 
@@ -171,42 +181,63 @@ class _FakeSession:
         self,
         real: Any,
         *,
+        name: str = "",
         delay: float = 0.0,
         gate: threading.Event | None = None,
-        error: Exception | None = None,
+        error: Exception | Callable[[Any], Exception | None] | None = None,
+        activity: _Activity | None = None,
     ) -> None:
         self._real = real
+        self._name = name
         self._delay = delay
         self._gate = gate
         self._error = error
-        self._lock = threading.Lock()
+        self._ran = threading.Condition()
+        self.activity = activity or _Activity()
         self.started = threading.Event()
         self.active = 0
         self.max_active = 0
         self.calls = 0
+        self.options: list[Any] = []
 
     def run(self, names: Any, feeds: Any, options: Any = None) -> Any:
-        with self._lock:
+        with self._ran:
             self.calls += 1
             self.active += 1
             self.max_active = max(self.max_active, self.active)
+            self.options.append(options)
+            self._ran.notify_all()
+        act = self.activity
+        with act.lock:
+            act.active += 1
+            act.max_active = max(act.max_active, act.active)
+            act.order.append(self._name)
+            act.threads.add(threading.get_ident())
         self.started.set()
         try:
             if self._gate is not None:
                 assert self._gate.wait(timeout=30)
             if self._delay:
                 time.sleep(self._delay)
-            if self._error is not None:
-                raise self._error
+            error = self._error(feeds) if callable(self._error) else self._error
+            if error is not None:
+                raise error
             return self._real.run(names, feeds, options)
         finally:
-            with self._lock:
+            with act.lock:
+                act.active -= 1
+            with self._ran:
                 self.active -= 1
+
+    def wait_for_calls(self, count: int) -> bool:
+        """Block until ``count`` runs have started; False after 30 s."""
+        with self._ran:
+            return self._ran.wait_for(lambda: self.calls >= count, timeout=30)
 
 
 def _fake(rt: Runtime, model: str, **kwargs: Any) -> _FakeSession:
     loaded = rt._models[model]
-    fake = _FakeSession(loaded.session, **kwargs)
+    fake = _FakeSession(loaded.session, name=model, **kwargs)
     loaded.session = fake
     return fake
 
@@ -233,7 +264,61 @@ async def test_onnxruntime_errors_are_mapped(
     assert info.value.__cause__ is error
 
 
+async def test_gathered_calls_fail_or_succeed_each_on_its_own(runtime: Runtime) -> None:
+    def error_for(feeds: Any) -> Exception | None:
+        mark = feeds["X"][0, 0]
+        if mark == 1:
+            return ort_state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad")
+        if mark == 2:
+            return KeyError("a bug in the session")  # not onnxruntime's: passed on as it is
+        return None
+
+    _fake(runtime, "digits-small", error=error_for)
+    marks = [i % 3 for i in range(90)]
+    results = await asyncio.gather(
+        *(runtime.infer("digits-small", {"X": _x() + m}) for m in marks),
+        return_exceptions=True,
+    )
+    for mark, result in zip(marks, results, strict=True):
+        if mark == 0:
+            assert isinstance(result, dict)
+            assert result["label"].shape == (1,)
+        elif mark == 1:
+            assert isinstance(result, InvalidInput)
+            assert "model 'digits-small' rejected its inputs: bad" in result.message
+        else:
+            assert type(result) is KeyError
+    # No failure kept a slot: the model still serves.
+    out = await runtime.infer("digits-small", {"X": _x()})
+    assert out["label"].shape == (1,)
+
+
 # --- concurrency ------------------------------------------------------------------
+
+
+async def test_thousands_of_gathered_calls_get_their_own_outputs(
+    digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    x = digits[0]
+    models = ("digits-small", "digits-large")
+    config = _config(model_names=models, per_model_concurrency=2, executor_threads=2)
+    async with Runtime(config) as rt:
+        expected = {m: (await rt.infer(m, {"X": x}))["probabilities"] for m in models}
+        activity = _Activity()
+        for model in models:
+            _fake(rt, model, activity=activity)
+        calls = [(models[i % 2], (i * 7) % len(x)) for i in range(3000)]
+        results = await asyncio.gather(
+            *(rt.infer(model, {"X": x[row : row + 1]}) for model, row in calls)
+        )
+    for (model, row), out in zip(calls, results, strict=True):
+        # Batched kernels round differently from one-row ones; another row's
+        # answer would be far off.
+        np.testing.assert_allclose(out["probabilities"][0], expected[model][row], atol=1e-5)
+    assert len(activity.order) == len(calls)
+    # Never on the event loop's thread, and on no more threads than configured.
+    assert threading.get_ident() not in activity.threads
+    assert 1 <= len(activity.threads) <= 2
 
 
 async def test_many_concurrent_calls_respect_the_per_model_limit(
@@ -250,6 +335,38 @@ async def test_many_concurrent_calls_respect_the_per_model_limit(
     assert fake.calls == 51
     assert 1 <= fake.max_active <= 2
     np.testing.assert_array_equal(np.concatenate([r["label"] for r in results]), single["label"])
+
+
+async def test_executor_threads_bound_all_models_together() -> None:
+    config = _config(per_model_concurrency=4, executor_threads=2)
+    async with Runtime(config) as rt:
+        activity = _Activity()
+        small = _fake(rt, "digits-small", delay=0.002, activity=activity)
+        large = _fake(rt, "digits-large", delay=0.002, activity=activity)
+        await asyncio.gather(
+            *(rt.infer(("digits-small", "digits-large")[i % 2], {"X": _x()}) for i in range(40))
+        )
+    assert small.calls == large.calls == 20
+    assert 1 <= activity.max_active <= 2
+    assert len(activity.threads) <= 2
+
+
+async def test_a_busy_model_does_not_starve_another() -> None:
+    # One thread for two models: a worker with a backlog hands the thread to
+    # the other model's call after each call instead of draining its queue.
+    config = _config(per_model_concurrency=1, executor_threads=1)
+    async with Runtime(config) as rt:
+        gate = threading.Event()
+        activity = _Activity()
+        small = _fake(rt, "digits-small", gate=gate, activity=activity)
+        _fake(rt, "digits-large", activity=activity)
+        backlog = [asyncio.create_task(rt.infer("digits-small", {"X": _x()})) for _ in range(5)]
+        assert await asyncio.to_thread(small.started.wait, 30)
+        other = asyncio.create_task(rt.infer("digits-large", {"X": _x()}))
+        await asyncio.sleep(0)  # its call is queued
+        gate.set()
+        await asyncio.gather(*backlog, other)
+    assert activity.order == ["digits-small", "digits-large"] + ["digits-small"] * 4
 
 
 async def test_models_do_not_share_a_limit() -> None:
@@ -288,6 +405,111 @@ async def test_cancelled_call_keeps_its_slot_until_the_thread_is_done() -> None:
         out = await second
         assert fake.calls == 2
         assert out["label"].shape == (1,)
+
+
+async def test_cancelled_calls_free_their_slots_queued_at_once_running_when_done() -> None:
+    config = _config(model_names=("digits-small",), per_model_concurrency=2)
+    async with Runtime(config) as rt:
+        gate = threading.Event()
+        fake = _fake(rt, "digits-small", gate=gate)
+        running = [asyncio.create_task(rt.infer("digits-small", {"X": _x()})) for _ in range(2)]
+        assert await asyncio.to_thread(fake.wait_for_calls, 2)
+        queued = [asyncio.create_task(rt.infer("digits-small", {"X": _x()})) for _ in range(2)]
+        await asyncio.sleep(0)  # both are queued behind the running two
+        for task in (running[0], queued[0]):
+            task.cancel()
+        for task in (running[0], queued[0]):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        # The running call is asked to stop; onnxruntime sees the flag.
+        assert fake.options[0].terminate
+        assert not fake.options[1].terminate
+        gate.set()
+        results = await asyncio.gather(running[1], queued[1])
+        assert [r["label"].shape for r in results] == [(1,), (1,)]
+        # The cancelled queued call never ran.
+        assert fake.calls == 3
+        # Both slots are free again: two new calls run at the same time.
+        again = threading.Event()
+        second = _fake(rt, "digits-small", gate=again)
+        tasks = [asyncio.create_task(rt.infer("digits-small", {"X": _x()})) for _ in range(2)]
+        assert await asyncio.to_thread(second.wait_for_calls, 2)
+        again.set()
+        await asyncio.gather(*tasks)
+
+
+async def test_many_cancelled_calls_leave_the_model_serving() -> None:
+    config = _config(model_names=("digits-small",), per_model_concurrency=2, executor_threads=2)
+    async with Runtime(config) as rt:
+        _fake(rt, "digits-small", delay=0.001)
+        tasks = [asyncio.create_task(rt.infer("digits-small", {"X": _x()})) for _ in range(200)]
+        await asyncio.sleep(0.01)
+        for task in tasks[::2]:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for i, result in enumerate(results):
+            if isinstance(result, asyncio.CancelledError):
+                assert i % 2 == 0
+            else:
+                assert isinstance(result, dict)
+        out = await rt.infer("digits-small", {"X": _x()})
+        assert out["label"].shape == (1,)
+
+
+@pytest.mark.parametrize("how", ["aclose", "close on another thread"])
+async def test_close_finishes_running_calls_and_fails_queued_ones(how: str) -> None:
+    rt = Runtime(_config(model_names=("digits-small",), per_model_concurrency=1))
+    gate = threading.Event()
+    fake = _fake(rt, "digits-small", gate=gate)
+    running = asyncio.create_task(rt.infer("digits-small", {"X": _x(2)}))
+    assert await asyncio.to_thread(fake.started.wait, 30)
+    queued = asyncio.create_task(rt.infer("digits-small", {"X": _x()}))
+    await asyncio.sleep(0)
+    if how == "aclose":
+        closing = asyncio.create_task(rt.aclose())
+    else:
+        closing = asyncio.create_task(asyncio.to_thread(rt.close))
+    with pytest.raises(InferenceFailed, match="model 'digits-small': the runtime is closed"):
+        await queued
+    with pytest.raises(InferenceFailed, match="closed"):
+        await rt.infer("digits-small", {"X": _x()})
+    # close waits for the call still running...
+    await asyncio.sleep(0.05)
+    assert not closing.done()
+    gate.set()
+    # ...and its caller still gets the result.
+    out = await running
+    assert out["label"].shape == (2,)
+    await closing
+    assert fake.calls == 1
+
+
+def test_calls_from_several_event_loops(
+    digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
+) -> None:
+    x = digits[0][:100]
+
+    async def rows(rt: Runtime) -> np.ndarray[Any, Any]:
+        outs = await asyncio.gather(
+            *(rt.infer("digits-small", {"X": x[i : i + 1]}) for i in range(len(x)))
+        )
+        return np.concatenate([o["label"] for o in outs])
+
+    with Runtime(_config(model_names=("digits-small",), executor_threads=2)) as rt:
+        expected = asyncio.run(rt.infer("digits-small", {"X": x}))["label"]
+        # One loop after another, then two loops on two threads at once.
+        np.testing.assert_array_equal(asyncio.run(rows(rt)), expected)
+        results: list[np.ndarray[Any, Any]] = []
+        threads = [
+            threading.Thread(target=lambda: results.append(asyncio.run(rows(rt)))) for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert len(results) == 2
+    for labels in results:
+        np.testing.assert_array_equal(labels, expected)
 
 
 async def test_closed_runtime_refuses_calls() -> None:
