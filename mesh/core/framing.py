@@ -138,7 +138,6 @@ class RpcFraming:
             max_map_len=max_message_size // 2,
             max_ext_len=max_message_size,
         )
-        self._packer = msgpack.Packer(use_bin_type=True, autoreset=True)
         self._fed = 0
         # Stream offset where the message being received starts. (The
         # unpacker's tell() counts bytes of a partly parsed message too.)
@@ -226,7 +225,7 @@ class RpcFraming:
                 )
             )
 
-    # --- sending: one reusable packer per connection, cheaper than packb each time
+    # --- sending, checked against this connection's size limit
 
     def request(self, msgid: int, method: str, params: list[Any]) -> bytes:
         """``[0, msgid, method, params]`` as bytes, checked against the size limit."""
@@ -241,16 +240,10 @@ class RpcFraming:
         return self._pack([NOTIFICATION, method, params])
 
     def _pack(self, message: list[Any]) -> bytes:
-        try:
-            data: bytes = self._packer.pack(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._packer.reset()
-            raise BadRequest(f"cannot encode message as msgpack: {exc}") from exc
-        if len(data) > self.max_message_size:
-            raise MessageTooLarge(
-                f"message of {len(data)} bytes is over the limit of {self.max_message_size}"
-            )
-        return data
+        # A fresh packb each time, not a reused Packer: a reused one regrows its
+        # buffer for every large tensor, which measured several times slower
+        # for 600 KB messages and saved only half a microsecond on small ones.
+        return _pack(message, self.max_message_size)
 
     def _fail(self, error: ProtocolError) -> Any:
         self._broken = error

@@ -55,6 +55,8 @@ ERROR_NOTICE = "error"
 # Outgoing bytes buffered in the transport before we stop reading new
 # requests from this peer until it has read our answers.
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
+# Messages at least this big are written on their own rather than joined.
+_JOIN_LIMIT = 64 * 1024
 
 InlineMethod = Callable[["RpcConnection", list[Any]], Any]
 ConcurrentMethod = Callable[["RpcConnection", list[Any]], Awaitable[Any]]
@@ -100,6 +102,7 @@ class RpcConnection(asyncio.Protocol):
         self._config = config
         self._methods = methods
         self._handshake = handshake
+        self._serving_peer = handshake is not None
         self._hello_info = hello_info
         self._framing = RpcFraming(max_message_size=config.max_message_bytes)
         self._transport: asyncio.Transport | None = None
@@ -166,13 +169,16 @@ class RpcConnection(asyncio.Protocol):
         self._lost.set()
 
     def pause_writing(self) -> None:
-        # The peer is not reading our answers: stop taking its requests.
-        if self._transport is not None and not self._transport.is_closing():
+        # An accepted peer that does not read our answers: stop taking its
+        # requests until it does. (A client keeps reading: answers to its own
+        # calls are what it waits for.)
+        if self._serving_peer and self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        transport = self._transport
+        if self._serving_peer and transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     # --- lifetime ----------------------------------------------------------------
 
@@ -324,7 +330,19 @@ class RpcConnection(asyncio.Protocol):
         if len(outbox) == 1:
             transport.write(outbox[0])
         else:
-            transport.write(b"".join(outbox))
+            # Join small messages into one write; hand big ones over as they
+            # are, since copying megabytes into a join costs more than a syscall.
+            small: list[bytes] = []
+            for data in outbox:
+                if len(data) < _JOIN_LIMIT:
+                    small.append(data)
+                    continue
+                if small:
+                    transport.write(b"".join(small))
+                    small.clear()
+                transport.write(data)
+            if small:
+                transport.write(b"".join(small))
         outbox.clear()
 
     def _respond(self, msgid: int, result: Any) -> None:

@@ -199,7 +199,7 @@ def test_fuzz_random_bytes_never_escape_the_error_tree(data: bytes) -> None:
 
 
 @given(messages)
-def test_the_connection_packer_encodes_like_the_module_functions(
+def test_the_connection_encodes_like_the_module_functions(
     message: Request | Response | Notification,
 ) -> None:
     framing = RpcFraming()
@@ -212,7 +212,7 @@ def test_the_connection_packer_encodes_like_the_module_functions(
     assert data == encode(message)
 
 
-def test_the_connection_packer_recovers_after_a_refused_message() -> None:
+def test_the_connection_encoder_recovers_after_a_refused_message() -> None:
     framing = RpcFraming(max_message_size=256)
     with pytest.raises(BadRequest):
         framing.response(1, None, {"x": object()})
