@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib.metadata
 import importlib.util
@@ -64,12 +65,13 @@ import onnxruntime as ort
 
 from mesh import __version__ as mesh_version
 from mesh.client import MeshClient
-from mesh.config import RpcConfig, bundled_models_dir
+from mesh.config import RpcConfig, RuntimeConfig, bundled_models_dir
 from mesh.core.codec import encode_tensors
 from mesh.core.framing import encode_request, encode_response
 from mesh.demo import start_node_process, stop_process
 from mesh.errors import BadRequest
 from mesh.rpc import RpcClient
+from mesh.runtime import Runtime
 
 MODEL = "digits-small"
 ROWS = {"256 B": 1, "4 KB": 16, "600 KB": 2400}
@@ -689,26 +691,41 @@ async def floor_cases(
     return cases
 
 
-def ort_cases(session: Any, inputs: Arrays, counts: Counts) -> list[Case]:
+def ort_cases(
+    session: Any,
+    inputs: Arrays,
+    counts: Counts,
+    executor: concurrent.futures.Executor,
+    runtime: Runtime,
+) -> list[Case]:
+    """Direct onnxruntime, then the two in-process costs of keeping the event loop free.
+
+    "run in a thread" is the least any server pays to run inference off its
+    event loop (one hand-off to a worker thread and back); "Runtime.infer"
+    is the node's own runtime (validation, queueing, workers) without RPC.
+    """
     output_names = [o.name for o in session.get_outputs()]
     cases = []
     for payload, x in inputs.items():
         feeds = {"X": x}
+        traffic = Traffic(x.nbytes, 0, counts.warmup(payload))
 
         def direct(feeds: Arrays = feeds) -> object:
             return session.run(output_names, feeds)
 
-        cases.append(
-            Case(
-                ORT,
-                "run",
-                payload,
-                1,
-                counts.seq(payload),
-                traffic=Traffic(x.nbytes, 0, counts.warmup(payload)),
-                run=sync_runner(direct),
-            )
-        )
+        async def in_thread(feeds: Arrays = feeds) -> object:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(executor, session.run, output_names, feeds)
+
+        async def via_runtime(feeds: Arrays = feeds) -> object:
+            return await runtime.infer(MODEL, feeds)
+
+        seq = counts.seq(payload)
+        cases += [
+            Case(ORT, "run", payload, 1, seq, traffic=traffic, run=sync_runner(direct)),
+            Case(ORT, "run in a thread", payload, 1, seq, traffic, async_runner(in_thread, 1)),
+            Case(ORT, "Runtime.infer", payload, 1, seq, traffic, async_runner(via_runtime, 1)),
+        ]
     return cases
 
 
@@ -721,13 +738,18 @@ async def measure_all(
     counts: Counts,
 ) -> list[Row]:
     async with contextlib.AsyncExitStack() as stack:
+        executor = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
+        runtime = stack.enter_context(
+            Runtime(RuntimeConfig(model_names=(MODEL,), per_model_concurrency=1))
+        )
         node_seq, node_pipe = await node_cases(stack, ports["node"], key, inputs, expected, counts)
         grpc_seq: list[Case] = []
         grpc_pipe: list[Case] = []
         if "grpc" in ports:
             grpc_seq, grpc_pipe = await grpc_cases(stack, ports["grpc"], inputs, counts)
         floors = await floor_cases(stack, ports["tcp"], ports["asyncio"], inputs, counts)
-        sequential = [*ort_cases(session, inputs, counts), *node_seq, *grpc_seq, *floors]
+        local = ort_cases(session, inputs, counts, executor, runtime)
+        sequential = [*local, *node_seq, *grpc_seq, *floors]
         print(f"measuring {len(sequential)} one-in-flight cases in {counts.rounds} rounds ...")
         await measure_interleaved(sequential, counts.rounds)
         pipelined = [*node_pipe, *grpc_pipe]
@@ -837,6 +859,25 @@ def verdicts(rows: list[Row]) -> list[Verdict]:
                 check(overhead <= TARGET_OVERHEAD_US) if small else "-",
             )
         )
+        threaded, runtime = (
+            find(ORT, "run in a thread", payload),
+            find(ORT, "Runtime.infer", payload),
+        )
+        if threaded is not None and runtime is not None:
+            out += [
+                Verdict(
+                    f"  of which: a thread hand-off (run in a thread - run), {payload}",
+                    f"{threaded.p50_us - direct.p50_us:+.1f} us",
+                    "(info)",
+                    "-",
+                ),
+                Verdict(
+                    f"  of which: RPC (node infer - Runtime.infer), {payload}",
+                    f"{node.p50_us - runtime.p50_us:+.1f} us",
+                    "(info)",
+                    "-",
+                ),
+            ]
     ping = find(NODE, "ping", "-", WINDOW_PING)
     if ping is not None:
         out.append(
