@@ -24,11 +24,9 @@ import contextlib
 import hashlib
 import logging
 import threading
-import tomllib
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -43,9 +41,7 @@ from mesh.core.models import (
     ModelSource,
     ModelSpec,
     TensorSpec,
-    check_model_name,
     dtype_from_onnx,
-    parse_manifest,
     shape_from_onnx,
     signature_mismatch,
     validate_inputs,
@@ -58,6 +54,13 @@ from mesh.errors import (
     ModelIntegrityError,
     ModelNotFound,
 )
+from mesh.model_files import (
+    MANIFEST_NAME,
+    ModelFile,
+    find_model_files,
+    read_model_bytes,
+    select_model_files,
+)
 
 __all__ = ["MANIFEST_NAME", "UNLISTED_VERSION", "Runtime", "Tensors"]
 
@@ -65,7 +68,6 @@ log = logging.getLogger(__name__)
 
 Tensors = dict[str, NDArray[Any]]
 
-MANIFEST_NAME = "manifest.toml"
 # Version given to a model file that no manifest describes. "0" says "not
 # released through a manifest"; its sha256 is what identifies it.
 UNLISTED_VERSION = "0"
@@ -105,15 +107,6 @@ _ORT_ERRORS: tuple[type[Exception], ...] = (
     TypeError,
     ValueError,
 )
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    """A model file found on disk, before it is loaded."""
-
-    name: str
-    path: Path
-    entry: ManifestEntry | None  # None: not in any manifest
 
 
 @dataclass(eq=False)
@@ -225,8 +218,8 @@ class Runtime:
         _check_config(config)
         self._config = config
         self._skipped: dict[str, str] = {}
-        candidates = _discover(config.model_dirs)
-        selected = _select(candidates, config.model_names)
+        candidates = find_model_files(config.model_dirs)
+        selected = select_model_files(candidates, config.model_names)
         self._models: dict[str, _Loaded] = {}
         for cand in selected:
             loaded = self._load(cand)
@@ -421,7 +414,7 @@ class Runtime:
 
     # --- loading ------------------------------------------------------------
 
-    def _load(self, cand: _Candidate) -> _Loaded | None:
+    def _load(self, cand: ModelFile) -> _Loaded | None:
         """Load one model; None (logged) for a user's file that cannot be served."""
         if cand.entry is not None:
             # A manifest model is part of what this node promises; failing
@@ -434,8 +427,8 @@ class Runtime:
             log.error("skipping model file %s: %s", cand.path, exc.message)
             return None
 
-    def _load_listed(self, cand: _Candidate, entry: ManifestEntry) -> _Loaded:
-        data = _read(cand.path, missing_is_integrity=True)
+    def _load_listed(self, cand: ModelFile, entry: ManifestEntry) -> _Loaded:
+        data = read_model_bytes(cand.path, missing_is_integrity=True)
         actual = hashlib.sha256(data).hexdigest()
         if actual != entry.sha256:
             raise ModelIntegrityError(
@@ -468,8 +461,8 @@ class Runtime:
         )
         return self._wrap(spec, session, "manifest")
 
-    def _load_unlisted(self, cand: _Candidate) -> _Loaded:
-        data = _read(cand.path, missing_is_integrity=False)
+    def _load_unlisted(self, cand: ModelFile) -> _Loaded:
+        data = read_model_bytes(cand.path, missing_is_integrity=False)
         session = self._session(cand, data)
         inputs, outputs = _signature(cand, session)
         spec = ModelSpec(
@@ -482,7 +475,7 @@ class Runtime:
         )
         return self._wrap(spec, session, "file")
 
-    def _session(self, cand: _Candidate, data: bytes) -> Any:
+    def _session(self, cand: ModelFile, data: bytes) -> Any:
         # Built from the bytes we hashed, not the path, so the model that runs
         # is exactly the one that was verified. (Models with external data
         # files are therefore not supported.)
@@ -540,90 +533,8 @@ def _check_config(config: RuntimeConfig) -> None:
         raise ConfigError("runtime.model_dirs is empty: give at least one model directory")
 
 
-def _discover(dirs: Sequence[Path]) -> list[_Candidate]:
-    """Every model file of every directory; ConfigError on a bad dir or a duplicate name."""
-    found: dict[str, _Candidate] = {}
-    for directory in dirs:
-        for cand in _discover_dir(Path(directory)):
-            other = found.get(cand.name)
-            if other is not None:
-                raise ConfigError(
-                    f"two models are named '{cand.name}': {other.path} and {cand.path};"
-                    " rename one or remove its directory from runtime.model_dirs"
-                )
-            found[cand.name] = cand
-    return list(found.values())
-
-
-def _discover_dir(directory: Path) -> list[_Candidate]:
-    if not directory.is_dir():
-        raise ConfigError(f"model directory {directory} does not exist or is not a directory")
-    manifest = directory / MANIFEST_NAME
-    entries = _read_manifest(manifest) if manifest.is_file() else {}
-    cands = [_Candidate(e.name, directory / e.file, e) for e in entries.values()]
-    listed = {(directory / e.file).resolve() for e in entries.values()}
-    taken = {c.name for c in cands}
-    for path in sorted(directory.glob("*.onnx")):
-        if not path.is_file() or path.resolve() in listed:
-            continue
-        name = path.stem
-        try:
-            check_model_name(name)
-        except ConfigError as exc:
-            log.error("skipping model file %s: %s; rename the file", path, exc.message)
-            continue
-        if name in taken:
-            raise ConfigError(
-                f"{path} would be served as '{name}', but {manifest} already lists a"
-                f" model of that name; rename the file or list it in the manifest"
-            )
-        cands.append(_Candidate(name, path, None))
-    return cands
-
-
-def _read_manifest(path: Path) -> dict[str, ManifestEntry]:
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    try:
-        return parse_manifest(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc.message}") from exc
-
-
-def _select(cands: list[_Candidate], names: tuple[str, ...] | None) -> list[_Candidate]:
-    if names is None:
-        return cands
-    by_name = {c.name: c for c in cands}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        available = ", ".join(f"'{n}'" for n in sorted(by_name)) or "none"
-        raise ConfigError(
-            f"runtime.model_names lists {', '.join(repr(n) for n in unknown)}, which"
-            f" no model directory has; available models: {available}"
-        )
-    return [by_name[n] for n in dict.fromkeys(names)]
-
-
-def _read(path: Path, *, missing_is_integrity: bool) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        if missing_is_integrity:
-            raise ModelIntegrityError(
-                f"{path} is listed in its manifest but does not exist"
-            ) from exc
-        raise ModelError(f"{path} disappeared while loading") from exc
-    except OSError as exc:
-        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
 def _signature(
-    cand: _Candidate, session: Any
+    cand: ModelFile, session: Any
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """The model's own inputs and outputs; ModelError if a type cannot be served."""
 
