@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import shutil
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -19,6 +22,7 @@ from mesh import (
     MethodNotFound,
     ModelNotFound,
 )
+from mesh.config import RuntimeConfig
 from mesh.core.codec import encode_tensors
 from tests.conftest import KEY, MODELS_DIR, RawConnection, node_config, running_node
 
@@ -196,3 +200,20 @@ async def test_truncated_frame_then_disconnect_leaves_the_node_serving() -> None
         await asyncio.sleep(0.05)
         async with MeshClient(f"127.0.0.1:{node.port}") as client:
             assert await client.ping() > 0
+
+
+async def test_a_users_own_onnx_file_is_served_under_its_file_name(
+    tmp_path: Path, digits: Digits
+) -> None:
+    own = tmp_path / "my-digits.onnx"
+    shutil.copy(MODELS_DIR / "digits-small.onnx", own)
+    config = node_config(runtime=RuntimeConfig(model_dirs=(tmp_path,)))
+    async with running_node(config) as node, MeshClient(f"127.0.0.1:{node.port}") as client:
+        (info,) = await client.models()
+        assert info.name == "my-digits"
+        assert info.sha256 == hashlib.sha256(own.read_bytes()).hexdigest()
+        pixels, labels = digits
+        out = await client.infer("my-digits", {"X": pixels})
+        assert float(np.mean(out["label"] == labels)) == pytest.approx(
+            manifest_accuracy("digits-small"), abs=1e-12
+        )
