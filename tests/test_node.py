@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import shutil
 import tomllib
 from pathlib import Path
@@ -217,3 +218,81 @@ async def test_a_users_own_onnx_file_is_served_under_its_file_name(
         assert float(np.mean(out["label"] == labels)) == pytest.approx(
             manifest_accuracy("digits-small"), abs=1e-12
         )
+
+
+def random_object(rng: random.Random, depth: int = 0) -> Any:
+    """A random msgpack-able value, biased towards things that look like RPC and tensors."""
+    choice = rng.randrange(12 if depth < 3 else 7)
+    if choice == 0:
+        return None
+    if choice == 1:
+        return rng.choice([True, False])
+    if choice == 2:
+        return rng.randint(-(2**40), 2**40)
+    if choice == 3:
+        return rng.random() * 1e6
+    if choice == 4:
+        return rng.choice(["infer", "ping", "models", "status", "hello", "X", "<f4", "|O", ""])
+    if choice == 5:
+        return rng.randbytes(rng.randrange(40))
+    if choice == 6:
+        return rng.randrange(3)
+    if choice in (7, 8):
+        return [random_object(rng, depth + 1) for _ in range(rng.randrange(5))]
+    if choice == 9:
+        return [
+            0,
+            rng.randrange(1000),
+            random_object(rng, depth + 1),
+            random_object(rng, depth + 1),
+        ]
+    if choice == 10:
+        return {
+            "dtype": rng.choice(["<f4", "|u1", "<f8", "|O", 5]),
+            "shape": [rng.randrange(-1, 4) for _ in range(rng.randrange(3))],
+            "data": rng.randbytes(rng.randrange(40)),
+        }
+    return {str(rng.randrange(5)): random_object(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+async def test_fuzzed_messages_never_take_the_node_down() -> None:
+    """500 random messages, each chased by a ping on the same connection.
+
+    Each message gets an error answer, or is a message that needs none (a
+    stray response or notification), or breaks the stream, in which case the
+    node says why and closes; the ping shows which. None takes the node down.
+    """
+    rng = random.Random(20261128)
+    probe = 1_000_000
+    async with running_node() as node:
+        raw = await RawConnection.open(node.port)
+        answered = closed = 0
+        for msgid in range(500):
+            message = random_object(rng)
+            if rng.random() < 0.5:
+                method = rng.choice(["infer", "ping", "models", "status", "nope"])
+                message = [0, msgid, method, message if isinstance(message, list) else [message]]
+            raw.send(message)
+            raw.send([0, probe, "ping", []])
+            while True:
+                reply = await raw.receive()
+                if reply is None or reply[:2] == [2, "error"]:
+                    closed += 1
+                    await raw.close()
+                    raw = await RawConnection.open(node.port)
+                    break
+                assert reply[0] == 1, reply
+                if reply[1] == probe:
+                    assert reply[3] == "pong"
+                    break
+                if reply[2] is not None:
+                    assert isinstance(reply[2][0], str)
+                    assert isinstance(reply[2][1], str)
+                answered += 1
+        await raw.close()
+        assert answered > 100
+        assert closed > 10
+        async with MeshClient(f"127.0.0.1:{node.port}") as client:
+            assert (await client.status())["counters"]["in_flight"] == 0
+            out = await client.infer("digits-small", {"X": np.zeros((2, 64), np.float32)})
+            assert out["label"].shape == (2,)
