@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ from mesh.model_files import (
     select_model_files,
 )
 
-__all__ = ["MANIFEST_NAME", "UNLISTED_VERSION", "Runtime", "Tensors"]
+__all__ = ["MANIFEST_NAME", "UNLISTED_VERSION", "ModelLoad", "Runtime", "Tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,10 @@ Tensors = dict[str, NDArray[Any]]
 # Version given to a model file that no manifest describes. "0" says "not
 # released through a manifest"; its sha256 is what identifies it.
 UNLISTED_VERSION = "0"
+# Weight of the newest service time in the moving average: recent enough to
+# follow a device that slows down (thermal throttling), smooth enough to
+# ignore one slow call.
+_EWMA_WEIGHT = 0.2
 
 
 def _ort_errors(*names: str) -> tuple[type[Exception], ...]:
@@ -129,6 +134,11 @@ class _Loaded:
     running: int = 0
     # Of those, the ones still waiting for a thread.
     waiting: int = 0
+    # Calls executing on a thread right now.
+    executing: int = 0
+    # Moving average of one call's service time on this device, in seconds;
+    # None until the first call. The mesh schedules by time, not queue length.
+    service_ewma_s: float | None = None
 
     def run(self, feeds: Tensors, options: Any) -> Tensors:
         """Called on a worker thread. InferenceSession.run is thread-safe."""
@@ -149,6 +159,17 @@ class _Loaded:
                 )
             out[name] = value
         return out
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """One model's load on this node, as :meth:`Runtime.load` reports it."""
+
+    name: str
+    queued: int  # calls waiting for a worker (cancelled ones may linger briefly)
+    executing: int  # calls running on a thread now
+    limit: int  # calls of this model that may run at once
+    service_ewma_s: float | None  # average seconds per call; None before the first
 
 
 @dataclass(eq=False, slots=True)
@@ -331,8 +352,9 @@ class Runtime:
             self._waiting -= 1
         # A worker that has just got its thread runs at least one call before
         # it may yield, or workers could pass the threads around forever.
-        call = self._next_call(loaded, may_yield=False)
+        call = self._next_call(loaded, may_yield=False, took_s=None)
         while call is not None:
+            started = time.perf_counter()
             try:
                 result = loaded.run(call.feeds, call.options)
             except BaseException as exc:
@@ -340,13 +362,26 @@ class Runtime:
                 # as concurrent.futures would. Letting it end this loop would
                 # strand the model's slot and every call queued behind it.
                 call.inbox.put(call, exc)
+                took_s = None  # a failed call says nothing about service time
             else:
                 call.inbox.put(call, result)
-            call = self._next_call(loaded, may_yield=True)
+                took_s = time.perf_counter() - started
+            call = self._next_call(loaded, may_yield=True, took_s=took_s)
 
-    def _next_call(self, loaded: _Loaded, *, may_yield: bool) -> _Call | None:
-        """The next call this worker should run; None when it should stop."""
+    def _next_call(self, loaded: _Loaded, *, may_yield: bool, took_s: float | None) -> _Call | None:
+        """The next call this worker should run; None when it should stop.
+
+        ``took_s`` is how long the call this worker just finished took (None
+        when there was none, or it failed); it feeds the service-time average.
+        """
         with self._lock:
+            if may_yield:
+                loaded.executing -= 1
+            if took_s is not None:
+                previous = loaded.service_ewma_s
+                loaded.service_ewma_s = (
+                    took_s if previous is None else previous + _EWMA_WEIGHT * (took_s - previous)
+                )
             queue = loaded.queue
             while queue and queue[0].cancelled:
                 queue.popleft()
@@ -362,7 +397,27 @@ class Runtime:
                     loaded.waiting += 1
                     self._waiting += 1
                     return None
+            loaded.executing += 1
             return queue.popleft()
+
+    def load(self) -> list[ModelLoad]:
+        """How busy each model is now: queued and executing calls, service-time average."""
+        with self._lock:
+            return [
+                ModelLoad(
+                    name=name,
+                    queued=len(loaded.queue),
+                    executing=loaded.executing,
+                    limit=loaded.limit,
+                    service_ewma_s=loaded.service_ewma_s,
+                )
+                for name, loaded in sorted(self._models.items())
+            ]
+
+    @property
+    def threads(self) -> int:
+        """Worker threads shared by all models."""
+        return self._config.executor_threads
 
     # --- lifecycle ----------------------------------------------------------
 

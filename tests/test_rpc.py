@@ -229,3 +229,33 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_refuses_nonsense(text: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_address(text)
+
+
+async def test_a_notification_before_the_handshake_closes_the_connection() -> None:
+    heard: list[list[Any]] = []
+    methods = Methods(notifications={"gossip": lambda _, params: heard.append(params)})
+    server = RpcServer(
+        host="127.0.0.1",
+        port=0,
+        config=RpcConfig(),
+        methods=methods,
+        key=KEY,
+        hello_info=lambda: {},
+    )
+    await server.start()
+    listening = asyncio.Event()
+    task = asyncio.create_task(server.serve(listening))
+    await listening.wait()
+    try:
+        raw = await RawConnection.open(port_of(server))
+        raw.send([2, "gossip", [{"name": "spoofed"}]])
+        notice = await raw.receive()
+        assert notice[:2] == [2, "error"]
+        assert notice[2][0] == "AuthError"
+        assert await raw.receive() is None
+        await raw.close()
+        assert heard == []
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -674,3 +674,16 @@ def test_bad_user_file_name_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
 def test_bad_runtime_config(kwargs: dict[str, int]) -> None:
     with pytest.raises(ConfigError, match="must be an integer >= 1"):
         Runtime(_config(**kwargs))
+
+
+async def test_load_reports_service_time_and_idle_slots(runtime: Runtime) -> None:
+    before = {m.name: m for m in runtime.load()}
+    assert before["digits-small"].service_ewma_s is None
+    await asyncio.gather(*(runtime.infer("digits-small", {"X": _x(4)}) for _ in range(20)))
+    after = {m.name: m for m in runtime.load()}
+    small = after["digits-small"]
+    assert small.service_ewma_s is not None
+    assert small.service_ewma_s > 0
+    assert (small.queued, small.executing) == (0, 0)
+    assert after["digits-large"].service_ewma_s is None  # never called
+    assert runtime.threads >= 1

@@ -473,6 +473,12 @@ class RpcConnection(asyncio.Protocol):
             log.warning("%s reports: %s: %s", self.peer, error.code, error.message)
             self._close_reason = error
             return
+        if self._handshake is not None and not self._handshake.authenticated:
+            # Gossip from a peer that has not proved the key must never count.
+            error = AuthError("this node requires the mesh-key handshake before any message")
+            self._send(self._framing.notification(ERROR_NOTICE, error.to_wire()))
+            self.close(error)
+            return
         handler = self._methods.notifications.get(notification.method)
         if handler is None:
             log.debug("ignoring notification %r from %s", notification.method, self.peer)
