@@ -240,7 +240,7 @@ async def test_a_notification_before_the_handshake_closes_the_connection() -> No
         config=RpcConfig(),
         methods=methods,
         key=KEY,
-        hello_info=lambda: {},
+        hello_info=dict,
     )
     await server.start()
     listening = asyncio.Event()
