@@ -91,6 +91,47 @@ def _parser() -> argparse.ArgumentParser:
         "without a key the node is open to anyone who can reach it",
     )
     node.add_argument(
+        "--peer",
+        action="append",
+        metavar="HOST:PORT",
+        help="a bootstrap peer (repeatable); one is enough, peers share what they know. "
+        "Use where mDNS cannot work: Wi-Fi client isolation, VLANs, containers",
+    )
+    node.add_argument(
+        "--no-mdns",
+        dest="mdns",
+        action="store_const",
+        const=False,
+        help="do not use mDNS to find peers (use --peer instead)",
+    )
+    node.add_argument(
+        "--interface",
+        action="append",
+        metavar="IP",
+        help="bind mDNS to this interface address only (repeatable; default: all). "
+        "Local demos and tests use --interface 127.0.0.1",
+    )
+    node.add_argument(
+        "--gossip-interval",
+        metavar="SECONDS",
+        help="how often to tell peers we are alive, and how loaded (default: 0.2)",
+    )
+    node.add_argument(
+        "--suspect-after",
+        metavar="SECONDS",
+        help="silence before a peer is suspected (default: 0.8)",
+    )
+    node.add_argument(
+        "--dead-after",
+        metavar="SECONDS",
+        help="suspicion before a peer is declared dead (default: 0.6)",
+    )
+    node.add_argument(
+        "--forget-after",
+        metavar="SECONDS",
+        help="how long a dead peer is remembered (default: 30)",
+    )
+    node.add_argument(
         "--intra-op-threads", metavar="N", help="onnxruntime threads per call (default: 1)"
     )
     node.add_argument(
@@ -283,6 +324,29 @@ def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         *[[f"counters.{k}", v] for k, v in counters.items()],
     ]
     print(format_table(["field", "value"], rows))
+    peers = status.get("peers", [])
+    print()
+    if not peers:
+        print("no peers known")
+        return 0
+    print(
+        format_table(
+            ["peer", "id", "address", "state", "models", "queued s", "free", "heard"],
+            [
+                [
+                    p.get("name"),
+                    p.get("id"),
+                    p.get("address"),
+                    p.get("state"),
+                    ", ".join(p.get("models", [])),
+                    f"{p.get('queued_s', 0):.3f}",
+                    p.get("free_slots", ""),
+                    f"{p.get('last_heard_s', 0):.1f} s ago",
+                ]
+                for p in peers
+            ],
+        )
+    )
     return 0
 
 

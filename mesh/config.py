@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mesh.core.addresses import parse_address
 from mesh.errors import ConfigError
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -70,6 +71,31 @@ DEFAULT_RPC_PORT = 7700
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """How a node finds its peers and watches them."""
+
+    # Find peers on the LAN with mDNS. Off where multicast is blocked (Wi-Fi
+    # client isolation, VLANs, containers); then use bootstrap peers.
+    mdns: bool = True
+    # Interfaces (their IP addresses) mDNS binds to; None means all of them,
+    # the default for a real device. Tests and local demos use 127.0.0.1.
+    interfaces: tuple[str, ...] | None = None
+    # Bootstrap peers, "HOST:PORT". One is enough: peers share what they know.
+    peers: tuple[str, ...] = ()
+    # How often each node tells every peer it is alive, and how loaded.
+    gossip_interval_s: float = 0.2
+    # Silence before a peer is suspected, then suspicion before it is dead.
+    # A SIGKILLed peer's connection drops at once and skips the first wait.
+    suspect_after_s: float = 0.8
+    dead_after_s: float = 0.6
+    # Dead peers are forgotten after this, so none lingers as a ghost.
+    forget_after_s: float = 30.0
+    # Connecting to a peer and finishing the handshake; a peer that accepts
+    # the connection and then says nothing is given up on after this.
+    connect_timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one ``edgemesh node`` needs."""
 
@@ -81,6 +107,7 @@ class NodeConfig:
     mesh_key: bytes | None = field(default=None, repr=False)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     # Written as JSON once the node listens, for scripts and supervisors.
     ready_file: Path | None = None
     log_level: str = "info"
@@ -116,6 +143,28 @@ def _port(key: str, value: object) -> int:
     return number
 
 
+def _positive_float(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}") from None
+    if not 0 < number < float("inf"):
+        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _flag(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
+        return True
+    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
 def _text(key: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
@@ -142,6 +191,16 @@ def _string_list(key: str, value: object) -> tuple[str, ...]:
     return tuple(_text(key, item) for item in items)
 
 
+def _address_list(key: str, value: object) -> tuple[str, ...]:
+    addresses = _string_list(key, value)
+    for address in addresses:
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return addresses
+
+
 # Every node setting: its key (TOML key, flag dest, and EDGEMESH_<KEY> upper-cased),
 # and how its value is checked.
 _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
@@ -157,6 +216,13 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "max_message_bytes": _positive_int,
     "max_in_flight_per_connection": _positive_int,
     "ready_file": _text,
+    "peer": _address_list,
+    "mdns": _flag,
+    "interface": _string_list,
+    "gossip_interval": _positive_float,
+    "suspect_after": _positive_float,
+    "dead_after": _positive_float,
+    "forget_after": _positive_float,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
 }
@@ -257,6 +323,16 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
             "max_in_flight_per_connection", defaults_rpc.max_in_flight_per_connection
         ),
     )
+    defaults_mesh = MeshConfig()
+    mesh = MeshConfig(
+        mdns=settings.get("mdns", defaults_mesh.mdns),
+        interfaces=settings.get("interface") or None,
+        peers=settings.get("peer", ()),
+        gossip_interval_s=settings.get("gossip_interval", defaults_mesh.gossip_interval_s),
+        suspect_after_s=settings.get("suspect_after", defaults_mesh.suspect_after_s),
+        dead_after_s=settings.get("dead_after", defaults_mesh.dead_after_s),
+        forget_after_s=settings.get("forget_after", defaults_mesh.forget_after_s),
+    )
     defaults = NodeConfig()
     ready_file = settings.get("ready_file")
     return NodeConfig(
@@ -266,6 +342,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         mesh_key=mesh_key_from(key_file=settings.get("mesh_key_file"), environ=environ),
         runtime=runtime,
         rpc=rpc,
+        mesh=mesh,
         ready_file=None if ready_file is None else Path(ready_file),
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),

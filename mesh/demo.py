@@ -53,6 +53,9 @@ def start_node_process(
         str(ready),
         "--log-level",
         "warning",
+        # mDNS stays on loopback: the demo never multicasts on the LAN.
+        "--interface",
+        "127.0.0.1",
         *(extra or []),
     ]
     if key is not None:

@@ -22,10 +22,14 @@ from typing import Any
 
 from mesh._version import __version__
 from mesh.config import NodeConfig
+from mesh.core.adverts import Advert
 from mesh.core.auth import mesh_id
 from mesh.core.codec import encode_tensors
+from mesh.core.peers import Load, ModelHolding
 from mesh.core.requests import parse_infer
+from mesh.discovery import MdnsDiscovery
 from mesh.errors import BadRequest, DeadlineExceeded, MeshError
+from mesh.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.rpc import Methods, RpcConnection, RpcServer
 from mesh.runtime import Runtime
 
@@ -44,6 +48,9 @@ class Node:
     def __init__(self, config: NodeConfig, runtime: Runtime | None = None) -> None:
         self.config = config
         self.id = uuid.uuid4().hex[:12]
+        # A restarted node keeps its name but gets a higher incarnation, so
+        # peers see the same member come back rather than a stranger.
+        self.incarnation = time.time_ns() // 1_000_000
         self.mesh_id = mesh_id(config.mesh_key)
         self.ready = asyncio.Event()
         self._runtime = runtime
@@ -51,6 +58,7 @@ class Node:
         self._stop = asyncio.Event()
         self._started = time.monotonic()
         self._server: RpcServer | None = None
+        self._membership: MeshMembership | None = None
         self._counters: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._in_flight = 0
@@ -106,14 +114,63 @@ class Node:
             hello_info=self._hello_info,
         )
         port = await self._server.start()
+        self._membership = MeshMembership(
+            me=SelfInfo(
+                name=config.name,
+                id=self.id,
+                incarnation=self.incarnation,
+                rpc_port=port,
+                mesh_id=self.mesh_id,
+            ),
+            config=config.mesh,
+            rpc=config.rpc,
+            key=config.mesh_key,
+            load=self._gossip_load,
+        )
         async with asyncio.TaskGroup() as tasks:
             listening = asyncio.Event()
-            serving = tasks.create_task(self._server.serve(listening))
+            started = [tasks.create_task(self._server.serve(listening))]
             await listening.wait()
+            started.append(tasks.create_task(self._membership.run()))
+            if config.mesh.mdns:
+                discovery = MdnsDiscovery(
+                    advert=self._advert(port),
+                    interfaces=config.mesh.interfaces,
+                    on_event=self._membership.on_discovery,
+                )
+                started.append(tasks.create_task(discovery.run()))
             self._announce(port)
             await self._stop.wait()
             log.info("node %s stopping", config.name)
-            serving.cancel()
+            for task in started:
+                task.cancel()
+
+    def _advert(self, port: int) -> Advert:
+        return Advert(
+            name=self.config.name,
+            id=self.id,
+            version=__version__,
+            rpc_port=port,
+            http_port=None,
+            role="node",
+            mesh_id=self.mesh_id,
+        )
+
+    def _gossip_load(self) -> Load:
+        """This node's load as peers need it: time, not queue length."""
+        runtime = self.runtime
+        loads = runtime.load()
+        busy = sum(m.executing for m in loads)
+        queued_s = sum((m.queued + m.executing) * (m.service_ewma_s or 0.0) for m in loads) / max(
+            1, runtime.threads
+        )
+        return Load(
+            models=tuple(ModelHolding(s.name, s.sha256) for s in runtime.specs()),
+            service_s={m.name: m.service_ewma_s for m in loads if m.service_ewma_s is not None},
+            queued_s=queued_s,
+            free_slots=max(0, runtime.threads - busy),
+            role="node",
+        )
 
     def _announce(self, port: int) -> None:
         config = self.config
@@ -140,7 +197,12 @@ class Node:
         return Methods(
             inline={"ping": self._ping, "models": self._models, "status": self._status},
             concurrent={"infer": self._infer},
+            notifications={GOSSIP: self._on_gossip},
         )
+
+    def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
+        if self._membership is not None:
+            self._membership.methods.notifications[GOSSIP](connection, params)
 
     def _hello_info(self) -> dict[str, Any]:
         return {
@@ -171,6 +233,8 @@ class Node:
             **self._hello_info(),
             "models": list(self.runtime.names),
             "uptime_s": round(time.monotonic() - self._started, 3),
+            "incarnation": self.incarnation,
+            "peers": [] if self._membership is None else self._membership.peers_status(),
             "auth": self.config.mesh_key is not None,
             "rpc": {
                 "host": self.config.host,

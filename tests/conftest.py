@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from mesh.config import NodeConfig, RuntimeConfig
+from mesh.config import MeshConfig, NodeConfig, RuntimeConfig
 from mesh.node import Node
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,11 +21,14 @@ KEY = b"0123456789abcdef0123456789abcdef"
 
 
 def node_config(**overrides: Any) -> NodeConfig:
-    """A node config for tests: loopback, a free port, the digits models."""
+    """A node config for tests: loopback, a free port, the digits models, no mDNS."""
     settings: dict[str, Any] = {
         "name": "test-node",
         "host": "127.0.0.1",
         "port": 0,
+        # Tests never multicast on the machine's interfaces; those that test
+        # discovery bind mDNS to 127.0.0.1 themselves.
+        "mesh": MeshConfig(mdns=False),
         "runtime": RuntimeConfig(
             model_dirs=(MODELS_DIR,),
             model_names=("digits-small", "cnn-heavy"),

@@ -8,23 +8,11 @@ from typing import Any, Self
 
 from mesh.config import RpcConfig
 from mesh.core import auth
+from mesh.core.addresses import parse_address
 from mesh.errors import AuthError, PeerUnavailable, ProtocolError
 from mesh.rpc.connection import Methods, RpcConnection
 
 __all__ = ["RpcClient", "parse_address"]
-
-
-def parse_address(address: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """``"host:port"`` (or ``"[v6]:port"``) as a ``(host, port)`` pair."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep:
-        if default_port is None:
-            raise ValueError(f"address {address!r} has no port; expected HOST:PORT")
-        host, port_text = address, str(default_port)
-    host = host.strip("[]")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"address {address!r} is not HOST:PORT with a port in 1..65535")
-    return host, int(port_text)
 
 
 class RpcClient:

@@ -168,14 +168,16 @@ def test_bad_configuration_exits_with_a_clear_message(tmp_path: Path) -> None:
     short_key = tmp_path / "short.key"
     short_key.write_text("tooshort")
     result = run_cli(
-        "node", "--port", "0", "--host", "127.0.0.1", "--mesh-key-file", str(short_key)
+        "node", "--no-mdns", "--port", "0", "--host", "127.0.0.1", "--mesh-key-file", str(short_key)
     )
     assert result.returncode == 2
     assert "at least 16" in result.stderr
-    result = run_cli("node", "--port", "0", "--host", "127.0.0.1", "--model", "no-such-model")
+    result = run_cli(
+        "node", "--no-mdns", "--port", "0", "--host", "127.0.0.1", "--model", "no-such-model"
+    )
     assert result.returncode == 2
     assert "no-such-model" in result.stderr
-    result = run_cli("node", "--port", "http")
+    result = run_cli("node", "--no-mdns", "--port", "http")
     assert result.returncode == 2
     assert "--port must be a port number" in result.stderr
 

@@ -52,7 +52,7 @@ def test_wheel_ships_the_models_and_a_node_serves_them(tmp_path: Path) -> None:
     node = subprocess.Popen(
         [
             *(sys.executable, "-m", "mesh", "node", "--host", "127.0.0.1", "--port", "0"),
-            *("--ready-file", str(ready), "--log-level", "warning"),
+            *("--ready-file", str(ready), "--log-level", "warning", "--no-mdns"),
         ],
         env=env,
         cwd=tmp_path,
