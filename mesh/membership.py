@@ -110,7 +110,8 @@ class MeshMembership:
         self._warned: set[str] = set()
         self._tasks: asyncio.TaskGroup | None = None
         self.gossip_sent = 0
-        self.gossip_bytes_sent = 0
+        # Bytes sent on links that have closed; live links count their own.
+        self._closed_links_bytes = 0
 
     # --- what the node wires in -----------------------------------------------
 
@@ -123,6 +124,20 @@ class MeshMembership:
     def view(self) -> Membership:
         """The membership table (read-only use, please)."""
         return self._view
+
+    @property
+    def gossip_bytes_sent(self) -> int:
+        """Bytes this node has sent to peers over its own links (gossip and handshakes)."""
+        live = sum(client.connection.bytes_sent for client in self._links.values())
+        return self._closed_links_bytes + live
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for ``status()``: links, gossip sent."""
+        return {
+            "links": len(self._links),
+            "gossip_sent": self.gossip_sent,
+            "gossip_bytes_sent": self.gossip_bytes_sent,
+        }
 
     def peers_status(self) -> list[dict[str, Any]]:
         """Every known member, for ``status()``."""
@@ -306,6 +321,7 @@ class MeshMembership:
             await client.connection.wait_closed()
         finally:
             del self._links[name]
+            self._closed_links_bytes += client.connection.bytes_sent
             self._handle(self._view.connection_lost(name, now=self._now()))
             await client.aclose()
         return name

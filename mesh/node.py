@@ -235,6 +235,7 @@ class Node:
             "uptime_s": round(time.monotonic() - self._started, 3),
             "incarnation": self.incarnation,
             "peers": [] if self._membership is None else self._membership.peers_status(),
+            "membership": {} if self._membership is None else self._membership.stats(),
             "auth": self.config.mesh_key is not None,
             "rpc": {
                 "host": self.config.host,

@@ -122,6 +122,8 @@ class RpcConnection(asyncio.Protocol):
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = float("inf")
         self.peer = "(not connected)"
+        # Bytes handed to the transport, for figures such as gossip cost.
+        self.bytes_sent = 0
 
     @property
     def closed(self) -> bool:
@@ -327,6 +329,7 @@ class RpcConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             outbox.clear()
             return
+        self.bytes_sent += sum(len(data) for data in outbox)
         if len(outbox) == 1:
             transport.write(outbox[0])
         else:
