@@ -171,6 +171,14 @@ def _text(key: str, value: object) -> str:
     return value.strip()
 
 
+def _node_name(key: str, value: object) -> str:
+    name = _text(key, value)
+    # The name is an mDNS instance name (one DNS label) and shows up in logs.
+    if len(name.encode()) > 63 or not name.isprintable():
+        raise ConfigError(f"{key} must be printable and at most 63 bytes, got {value!r}")
+    return name
+
+
 def _choice(*choices: str) -> Callable[[str, object], str]:
     def parse(key: str, value: object) -> str:
         text = _text(key, value).lower()
@@ -204,7 +212,7 @@ def _address_list(key: str, value: object) -> tuple[str, ...]:
 # Every node setting: its key (TOML key, flag dest, and EDGEMESH_<KEY> upper-cased),
 # and how its value is checked.
 _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
-    "name": _text,
+    "name": _node_name,
     "host": _text,
     "port": _port,
     "models": _string_list,

@@ -102,3 +102,23 @@ def test_bad_config_files(tmp_path: Path) -> None:
         load_node_config({}, {}, write(tmp_path / "typo.toml", "prot = 1"))
     with pytest.raises(ConfigError, match="port must be a port number"):
         load_node_config({}, {}, write(tmp_path / "type.toml", 'port = "x"'))
+
+
+def test_membership_settings(tmp_path: Path) -> None:
+    toml = write(
+        tmp_path / "mesh.toml",
+        'peer = ["10.0.0.2:7700"]\nmdns = false\ninterface = ["10.0.0.1"]\ngossip_interval = 0.1\n',
+    )
+    config = load_node_config({"dead_after": "0.3", "mdns": None}, {}, toml)
+    assert config.mesh.peers == ("10.0.0.2:7700",)
+    assert config.mesh.mdns is False
+    assert config.mesh.interfaces == ("10.0.0.1",)
+    assert config.mesh.gossip_interval_s == 0.1
+    assert config.mesh.dead_after_s == 0.3
+    assert load_node_config({}, {"EDGEMESH_MDNS": "off"}).mesh.mdns is False
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        load_node_config({"peer": ["no-port"]}, {})
+    with pytest.raises(ConfigError, match="positive number of seconds"):
+        load_node_config({"gossip_interval": "0"}, {})
+    with pytest.raises(ConfigError, match="at most 63 bytes"):
+        load_node_config({"name": "n" * 64}, {})
