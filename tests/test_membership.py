@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import numpy as np
 import pytest
 
 from mesh import MeshClient
@@ -136,3 +137,31 @@ async def test_nonsense_gossip_is_ignored_and_logged_once(
         assert view(node) == {}
     bad_gossip = [r for r in caplog.records if "bad gossip" in r.getMessage()]
     assert len(bad_gossip) == 1
+
+
+async def test_a_node_whose_cpu_is_saturated_is_not_declared_dead() -> None:
+    """Default timings; the busy node's inference threads take every core for seconds."""
+    defaults = {"gossip_interval_s": 0.2, "suspect_after_s": 0.8, "dead_after_s": 0.6}
+    async with running_node(mesh_node("observer", **defaults)) as observer:
+        busy_config = mesh_node("busy", peers=(f"127.0.0.1:{observer.port}",), **defaults)
+        async with running_node(busy_config) as busy:
+            await eventually(lambda: view(observer).get("busy") == "alive")
+            seen: set[str] = set()
+            images = np.random.default_rng(0).standard_normal((8, 3, 64, 64)).astype(np.float32)
+            async with MeshClient(f"127.0.0.1:{busy.port}", mesh_key=KEY) as client:
+
+                async def hammer() -> None:
+                    for _ in range(4):
+                        await client.infer("cnn-heavy", {"image": images})
+
+                async def watch() -> None:
+                    while True:
+                        seen.add(view(observer).get("busy", "missing"))
+                        await asyncio.sleep(0.05)
+
+                watcher = asyncio.create_task(watch())
+                try:
+                    await asyncio.gather(*(hammer() for _ in range(6)))
+                finally:
+                    watcher.cancel()
+            assert seen == {"alive"}
