@@ -55,7 +55,9 @@ GOSSIP = "gossip"
 # moment), then slower so a dead address costs little.
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 # An address learned from mDNS or gossip (not a bootstrap peer) that stays
-# unreachable this long is dropped.
+# unreachable this long is dropped, unless mDNS still advertises it or the
+# member behind it is still remembered: a partition can outlast any timeout,
+# and the mesh must heal when the cable comes back.
 _GIVE_UP_S = 10.0
 # A peer refused for a wrong key or another mesh is tried again this rarely.
 _REFUSED_RETRY_S = 30.0
@@ -106,6 +108,10 @@ class MeshMembership:
         )
         self._links: dict[str, RpcClient] = {}
         self._dialing: set[tuple[str, int]] = set()
+        # Addresses mDNS currently advertises, by node name.
+        self._advertised: dict[str, tuple[str, int]] = {}
+        # The member last reached at each address.
+        self._names: dict[tuple[str, int], str] = {}
         self._refused_until: dict[tuple[str, int], float] = {}
         self._warned: set[str] = set()
         self._tasks: asyncio.TaskGroup | None = None
@@ -150,7 +156,10 @@ class MeshMembership:
     def on_discovery(self, event: DiscoveryEvent) -> None:
         """Take a peer found (or lost) by mDNS."""
         if isinstance(event, PeerGone):
-            return  # the connection drop or the silence tells us more reliably
+            # Stop redialing it; the connection drop or the silence tells us
+            # whether it is really gone.
+            self._advertised.pop(event.name, None)
+            return
         advert = event.advert
         if advert.mesh_id != self.me.mesh_id:
             self._warn_once(
@@ -163,6 +172,7 @@ class MeshMembership:
             return
         if not advert.addresses:
             return
+        self._advertised[advert.name] = (advert.addresses[0], advert.rpc_port)
         self._want(advert.addresses[0], advert.rpc_port, static=False)
 
     async def run(self) -> None:
@@ -185,6 +195,9 @@ class MeshMembership:
     def _gossip_round(self) -> None:
         now = self._now()
         self._handle(self._view.tick(now))
+        for name, (host, port) in list(self._advertised.items()):
+            if name not in self._links:
+                self._want(host, port, static=False)
         me = self.me
         payload = Gossip(
             name=me.name,
@@ -234,7 +247,7 @@ class MeshMembership:
             if isinstance(event, AddressLearned):
                 self._want(event.host, event.rpc_port, static=False)
             elif isinstance(event, MemberJoined):
-                log.info("peer %s joined", event.name)
+                log.info("peer %s %s", event.name, "rejoined" if event.rejoined else "joined")
             elif isinstance(event, MemberRestarted):
                 log.info("peer %s restarted (incarnation %d)", event.name, event.new_incarnation)
             elif isinstance(event, MemberSuspected):
@@ -243,6 +256,12 @@ class MeshMembership:
                 log.info("peer %s is alive after all", event.name)
             elif isinstance(event, MemberDied):
                 log.warning("peer %s is dead: %s", event.name, event.reason)
+                link = self._links.get(event.name)
+                if link is not None:
+                    # Drop the link: what it still carries is stale by now, and
+                    # must not arrive as fresh news when a partition heals. Its
+                    # dialer reconnects once the peer can be reached again.
+                    link.connection.abort()
             elif isinstance(event, MemberForgotten):
                 log.info("peer %s forgotten", event.name)
 
@@ -275,7 +294,9 @@ class MeshMembership:
                     now = self._now()
                     failing_since = failing_since or now
                     if address in self._refused_until or (
-                        not static and now - failing_since > _GIVE_UP_S
+                        not static
+                        and now - failing_since > _GIVE_UP_S
+                        and not self._still_wanted(address)
                     ):
                         return
                     await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
@@ -286,6 +307,13 @@ class MeshMembership:
                 attempt, failing_since = 0, None
         finally:
             self._dialing.discard(address)
+
+    def _still_wanted(self, address: tuple[str, int]) -> bool:
+        """Whether mDNS still advertises ``address`` or its member is remembered."""
+        if address in self._advertised.values():
+            return True
+        name = self._names.get(address)
+        return name is not None and self._view.get(name) is not None
 
     async def _connect_once(self, host: str, port: int, where: str) -> str | None:
         """One connection's life: its name when it ended, None if it never came up, "" to stop."""
@@ -316,6 +344,7 @@ class MeshMembership:
             await client.aclose()
             return ""
         self._warned.discard(f"dial:{where}")
+        self._names[(host, port)] = name
         self._links[name] = client
         try:
             await client.connection.wait_closed()
