@@ -92,7 +92,7 @@ class MeshConfig:
     forget_after_s: float = 30.0
     # Connecting to a peer and finishing the handshake; a peer that accepts
     # the connection and then says nothing is given up on after this.
-    connect_timeout_s: float = 1.0
+    connect_timeout_s: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ def start_node_process(
         key_file.write_bytes(key)
         key_file.chmod(0o600)
         command += ["--mesh-key-file", str(key_file)]
+    # A node restarted under the same name must not be taken for ready on
+    # the strength of its previous life's file.
+    ready.unlink(missing_ok=True)
     log_file = (workdir / f"{name}.log").open("wb")
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     log_file.close()
