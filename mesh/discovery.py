@@ -125,27 +125,41 @@ class MdnsDiscovery:
             if self._interfaces is not None:
                 _hear_only_joined_groups(zc.zeroconf)
             info = self._service_info()
-            # Registered before the task group opens, so that a taken name reaches the
-            # caller as a plain ConfigError rather than inside an ExceptionGroup.
-            announced = await self._register(zc, info)
+            registered = False
+            name_taken: ConfigError | None = None
             try:
                 async with asyncio.TaskGroup() as tasks:
-                    # Held in our group: cancelled with us, never sent after the goodbye.
-                    tasks.create_task(_wait_for(announced))
                     self._tasks = tasks
+                    # Browse first: probing for our name takes most of a second
+                    # (RFC 6762), and the peers found meanwhile can be dialled at
+                    # once; they learn of us from our gossip, not our record.
                     browser = AsyncServiceBrowser(
                         zc.zeroconf, SERVICE_TYPE, handlers=[self._on_state_change]
                     )
                     try:
-                        if ready is not None:
-                            ready.set()
-                        await asyncio.Event().wait()
+                        try:
+                            announced = await self._register(zc, info)
+                        except ConfigError as exc:
+                            # Kept out of the task group, so the caller gets a
+                            # plain ConfigError rather than an ExceptionGroup.
+                            name_taken = exc
+                        else:
+                            registered = True
+                            # Held in our group: cancelled with us, never sent
+                            # after the goodbye.
+                            tasks.create_task(_wait_for(announced))
+                            if ready is not None:
+                                ready.set()
+                            await asyncio.Event().wait()
                     finally:
                         # Stop reacting first: the group is closing and takes no new tasks.
                         self._tasks = None
                         await browser.async_cancel()
             finally:
-                await self._unregister(zc, info)
+                if registered:
+                    await self._unregister(zc, info)
+            if name_taken is not None:
+                raise name_taken
         finally:
             await zc.async_close()
 
