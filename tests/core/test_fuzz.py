@@ -97,3 +97,34 @@ def test_decode_tensors_is_all_or_nothing(inputs: dict[str, Any]) -> None:
     except MeshError:
         return
     assert set(decoded) == set(inputs)
+
+
+hearsay_entries = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.text(max_size=4) | objects,
+        "id": st.text(max_size=4) | objects,
+        "incarnation": st.integers(-2, 2**64) | objects,
+        "host": st.sampled_from(["127.0.0.1", "0.0.0.0", "a b", "::1", "h"]) | objects,
+        "rpc_port": st.integers(-1, 70000) | objects,
+        "state": st.sampled_from(["alive", "suspect", "dead", "zombie"]) | objects,
+        "age_s": st.floats() | st.integers(-5, 5) | objects,
+    },
+)
+
+
+@given(hearsay_entries | objects)
+@settings(max_examples=500)
+def test_the_fast_digest_path_agrees_with_the_careful_one(entry: Any) -> None:
+    """The fast path may only accept what the careful parser accepts, and the same way."""
+    from mesh.core.gossip import _hearsay, _quick_hearsay
+
+    try:
+        careful: Any = _hearsay(entry, "members[0]")
+    except MeshError as exc:
+        careful = exc.message
+    try:
+        fast: Any = _quick_hearsay(entry, 0)
+    except MeshError as exc:
+        fast = exc.message
+    assert fast == careful
