@@ -29,9 +29,10 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from mesh.config import DEFAULT_RPC_PORT, RpcConfig
+from mesh.core.addresses import parse_address
 from mesh.core.codec import decode_tensors, encode_tensors
 from mesh.errors import ConfigError, InvalidInput, ProtocolError
-from mesh.rpc import RpcClient, parse_address
+from mesh.rpc import RpcClient
 
 __all__ = ["Client", "MeshClient", "ModelInfo", "TensorInfo"]
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from mesh.config import MeshConfig, RpcConfig
 from mesh.core.addresses import format_address, parse_address
+from mesh.core.framing import encode_notification
 from mesh.core.peers import (
     AddressLearned,
     Event,
@@ -44,7 +45,7 @@ from mesh.core.peers import (
 )
 from mesh.discovery import DiscoveryEvent, PeerGone
 from mesh.errors import AuthError, MeshError
-from mesh.rpc import Methods, RpcClient, RpcConnection
+from mesh.rpc import RpcClient, RpcConnection
 
 __all__ = ["GOSSIP", "MeshMembership", "SelfInfo"]
 
@@ -120,11 +121,6 @@ class MeshMembership:
         self._closed_links_bytes = 0
 
     # --- what the node wires in -----------------------------------------------
-
-    @property
-    def methods(self) -> Methods:
-        """The notification handlers the node's RPC server must serve."""
-        return Methods(notifications={GOSSIP: self._on_gossip})
 
     @property
     def view(self) -> Membership:
@@ -223,16 +219,19 @@ class MeshMembership:
             load=self._load(),
             members=self._view.digest(now),
         ).to_wire()
+        # Encoded once for every peer: the same bytes go to all of them.
+        data = encode_notification(GOSSIP, [payload], limit=self._rpc.max_message_bytes)
         for client in list(self._links.values()):
             if client.closed:
                 continue
             try:
-                client.connection.notify(GOSSIP, [payload])
+                client.connection.send_encoded(data)
             except MeshError:
                 continue  # the connection is going; its dialer sees to it
             self.gossip_sent += 1
 
-    def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
+    def on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
+        """Take a ``gossip`` notification that arrived on an accepted connection."""
         try:
             gossip = parse_gossip(params)
         except MeshError as exc:
@@ -249,7 +248,9 @@ class MeshMembership:
                 self.me.mesh_id,
             )
             return
-        host = gossip.host or parse_address(connection.peer)[0]
+        host = gossip.host or connection.peer_host
+        if host is None:
+            return  # not a TCP peer: nothing to dial back
         self._handle(self._view.heard_from(gossip, peer_host=host, now=self._now()))
         if gossip.name != self.me.name and gossip.name not in self._links:
             # It reached us; make sure our gossip reaches it too.

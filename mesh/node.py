@@ -202,7 +202,7 @@ class Node:
 
     def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
         if self._membership is not None:
-            self._membership.methods.notifications[GOSSIP](connection, params)
+            self._membership.on_gossip(connection, params)
 
     def _hello_info(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from mesh.config import RpcConfig
+from mesh.core.addresses import parse_address
 from mesh.errors import (
     AuthError,
     BadRequest,
@@ -19,7 +20,7 @@ from mesh.errors import (
     PeerUnavailable,
     RpcTimeout,
 )
-from mesh.rpc import Methods, RpcClient, RpcConnection, RpcServer, parse_address
+from mesh.rpc import Methods, RpcClient, RpcConnection, RpcServer
 from tests.conftest import KEY, RawConnection
 
 

@@ -59,6 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from mesh.core.addresses import format_address
 from mesh.core.gossip import (
     MAX_MEMBERS,
     MAX_MODELS,
@@ -139,11 +140,6 @@ class MembershipConfig:
                 "membership: hearsay_margin_s must be a non-negative number,"
                 f" got {self.hearsay_margin_s!r}"
             )
-
-
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True, slots=True)

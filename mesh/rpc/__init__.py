@@ -5,8 +5,8 @@
 * :class:`RpcClient`: opens a connection and runs the handshake.
 """
 
-from mesh.rpc.client import RpcClient, parse_address
+from mesh.rpc.client import RpcClient
 from mesh.rpc.connection import ERROR_NOTICE, Methods, RpcConnection
 from mesh.rpc.server import RpcServer
 
-__all__ = ["ERROR_NOTICE", "Methods", "RpcClient", "RpcConnection", "RpcServer", "parse_address"]
+__all__ = ["ERROR_NOTICE", "Methods", "RpcClient", "RpcConnection", "RpcServer"]

@@ -8,11 +8,10 @@ from typing import Any, Self
 
 from mesh.config import RpcConfig
 from mesh.core import auth
-from mesh.core.addresses import parse_address
 from mesh.errors import AuthError, PeerUnavailable, ProtocolError
 from mesh.rpc.connection import Methods, RpcConnection
 
-__all__ = ["RpcClient", "parse_address"]
+__all__ = ["RpcClient"]
 
 
 class RpcClient:

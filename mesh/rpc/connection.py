@@ -122,6 +122,8 @@ class RpcConnection(asyncio.Protocol):
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._deadline_at = float("inf")
         self.peer = "(not connected)"
+        # The peer's IP address, as the connection sees it (None before it is made).
+        self.peer_host: str | None = None
         # Bytes handed to the transport, for figures such as gossip cost.
         self.bytes_sent = 0
 
@@ -142,6 +144,7 @@ class RpcConnection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer_host = str(peer[0]) if isinstance(peer, tuple) else None
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         # Nothing is read until run() holds the task group that answers it.
         transport.pause_reading()
@@ -273,6 +276,15 @@ class RpcConnection(asyncio.Protocol):
         if self._closing:
             raise PeerUnavailable(f"connection to {self.peer} is closed")
         self._send(self._framing.notification(method, params))
+
+    def send_encoded(self, data: bytes) -> None:
+        """Send one message that is already encoded, such as a notification for many peers.
+
+        Encode it with :mod:`mesh.core.framing` under this connection's size limit.
+        """
+        if self._closing:
+            raise PeerUnavailable(f"connection to {self.peer} is closed")
+        self._send(data)
 
     def _allocate_msgid(self) -> int:
         msgid = self._next_msgid
