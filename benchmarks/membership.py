@@ -45,12 +45,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import itertools
 import json
 import math
 import os
-import platform
 import secrets
 import signal
 import statistics
@@ -66,8 +64,8 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
+from machine_info import machine, machine_line
 
-from mesh import __version__ as mesh_version
 from mesh.client import MeshClient
 from mesh.errors import MeshError
 
@@ -525,43 +523,6 @@ def _read(path: Path) -> str:
 # --- reporting ------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "edgemesh": mesh_version,
-        "onnxruntime": version("onnxruntime"),
-        "msgpack": version("msgpack"),
-        "zeroconf": version("zeroconf"),
-    }
-
-
-def machine_line(info: dict[str, Any]) -> str:
-    return (
-        f"{info['cpu']}, {info['usable_cores']} of {info['cores']} cores usable, "
-        f"{info['memory_gb']} GiB, Linux {info['kernel']}; Python {info['python']}, "
-        f"edgemesh {info['edgemesh']}, onnxruntime {info['onnxruntime']}, "
-        f"msgpack {info['msgpack']}, zeroconf {info['zeroconf']}"
-    )
-
-
 def _spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -730,7 +691,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = machine()
+    info = machine(("onnxruntime", "msgpack", "zeroconf"))
     print("edgemesh membership benchmark: real node processes on 127.0.0.1, a fresh mesh key each")
     print(f"Machine: {machine_line(info)}")
     print(

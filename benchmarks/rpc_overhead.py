@@ -40,11 +40,8 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib.metadata
 import importlib.util
 import json
-import os
-import platform
 import secrets
 import signal
 import socket
@@ -59,11 +56,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import msgpack
 import numpy as np
 import onnxruntime as ort
+from machine_info import machine, machine_line
 
-from mesh import __version__ as mesh_version
 from mesh.client import MeshClient
 from mesh.config import RpcConfig, RuntimeConfig, bundled_models_dir
 from mesh.core.codec import encode_tensors
@@ -773,43 +769,6 @@ async def measure_all(
 # --- reporting ------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def version(dist: str) -> str:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "edgemesh": mesh_version,
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-        "msgpack": ".".join(map(str, msgpack.version)),
-        "grpcio": version("grpcio"),
-    }
-
-
-def machine_line(info: dict[str, Any]) -> str:
-    return (
-        f"{info['cpu']}, {info['usable_cores']} of {info['cores']} cores usable, "
-        f"Linux {info['kernel']}; Python {info['python']}, edgemesh {info['edgemesh']}, "
-        f"onnxruntime {info['onnxruntime']}, numpy {info['numpy']}, "
-        f"msgpack {info['msgpack']}, grpcio {info['grpcio']}"
-    )
-
-
 def print_table(rows: list[Row]) -> None:
     header = (
         f"{'system':<15} {'call':<19} {'payload':>7} {'in flight':>9} {'calls':>6} "
@@ -965,7 +924,7 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def run(counts: Counts, json_path: Path | None) -> int:
     started = time.monotonic()
-    info = machine()
+    info = machine(("onnxruntime", "numpy", "msgpack", "grpcio"))
     print(f"edgemesh RPC overhead benchmark: {MODEL}, loopback only")
     print(f"machine: {machine_line(info)}")
     inputs = load_inputs()
