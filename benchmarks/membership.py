@@ -67,6 +67,7 @@ import numpy as np
 from machine_info import machine, machine_line
 
 from mesh.client import MeshClient
+from mesh.demo import node_command
 from mesh.errors import MeshError
 
 MODEL = "digits-small"
@@ -159,27 +160,17 @@ class Fleet:
         ready = self.workdir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
         log = self.workdir / f"{name}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "mesh",
-            "node",
-            "--name",
+        command = node_command(
             name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--model",
-            MODEL,
-            "--mesh-key-file",
-            str(self.key_file),
-            "--ready-file",
-            str(ready),
-            "--log-level",
-            "warning",
-            *PROFILES[self.config.profile],
-        ]
+            ready,
+            [
+                "--model",
+                MODEL,
+                "--mesh-key-file",
+                str(self.key_file),
+                *PROFILES[self.config.profile],
+            ],
+        )
         if self.config.discovery == "mdns":
             command += ["--interface", "127.0.0.1"]  # mDNS on loopback only
         else:

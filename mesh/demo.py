@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,17 @@ from mesh.client import MeshClient
 from mesh.config import bundled_models_dir
 from mesh.errors import ConfigError, PeerUnavailable
 
-__all__ = ["run_demo", "start_node_process", "stop_process"]
+__all__ = ["node_command", "run_demo", "start_node_process", "stop_process"]
 
 _READY_TIMEOUT_S = 60.0
 
 
-def start_node_process(
-    workdir: Path, *, name: str, key: bytes | None, extra: list[str] | None = None
-) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``edgemesh node`` on 127.0.0.1 with a free port; returns it and its port."""
-    ready = workdir / f"{name}.ready.json"
-    command = [
+def node_command(name: str, ready: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The command line of an ``edgemesh node`` on 127.0.0.1 with a free port.
+
+    It writes ``ready`` (with its port) once it listens, and logs warnings only.
+    """
+    return [
         sys.executable,
         "-m",
         "mesh",
@@ -53,11 +54,17 @@ def start_node_process(
         str(ready),
         "--log-level",
         "warning",
-        # mDNS stays on loopback: the demo never multicasts on the LAN.
-        "--interface",
-        "127.0.0.1",
-        *(extra or []),
+        *extra,
     ]
+
+
+def start_node_process(
+    workdir: Path, *, name: str, key: bytes | None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``edgemesh node`` on 127.0.0.1 with a free port; returns it and its port."""
+    ready = workdir / f"{name}.ready.json"
+    # mDNS stays on loopback: the demo never multicasts on the LAN.
+    command = node_command(name, ready, ["--interface", "127.0.0.1", *(extra or [])])
     if key is not None:
         key_file = workdir / f"{name}.key"
         key_file.write_bytes(key)
