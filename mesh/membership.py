@@ -285,16 +285,10 @@ class MeshMembership:
         address = (host, port)
         if address in self._dialing or self._tasks is None:
             return
-        if port == self.me.rpc_port and self._is_self_host(host):
-            return
         if self._refused_until.get(address, 0.0) > self._now():
             return
         self._dialing.add(address)
         self._tasks.create_task(self._dial(host, port, static=static))
-
-    @staticmethod
-    def _is_self_host(host: str) -> bool:
-        return host in {"127.0.0.1", "::1", "localhost", "0.0.0.0"}
 
     async def _dial(self, host: str, port: int, *, static: bool) -> None:
         address = (host, port)

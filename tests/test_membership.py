@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -165,3 +167,16 @@ async def test_a_node_whose_cpu_is_saturated_is_not_declared_dead() -> None:
                 finally:
                     watcher.cancel()
             assert seen == {"alive"}
+
+
+async def test_a_node_given_its_own_address_as_peer_does_not_link_to_itself() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = mesh_node("loner", peers=(f"127.0.0.1:{port}",))
+    config = dataclasses.replace(config, port=port)
+    async with running_node(config) as node:
+        await asyncio.sleep(0.5)
+        assert view(node) == {}
+        assert node._membership is not None
+        assert node._membership.stats()["links"] == 0
