@@ -20,7 +20,7 @@ import numpy as np
 
 from mesh._version import __version__
 from mesh.client import MeshClient, ModelInfo
-from mesh.config import DEFAULT_RPC_PORT, NodeConfig, client_mesh_key, load_node_config
+from mesh.config import DEFAULT_RPC_PORT, NodeConfig, load_node_config, mesh_key_from
 from mesh.errors import ConfigError, InvalidInput, MeshError
 from mesh.logs import configure_logging
 
@@ -258,7 +258,7 @@ async def _run_node(config: NodeConfig) -> None:
 
 
 def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> MeshClient:
-    key = client_mesh_key(args.mesh_key_file, environ)
+    key = mesh_key_from(key_file=args.mesh_key_file, environ=environ)
     return MeshClient(args.node, mesh_key=key, timeout=args.timeout)
 
 

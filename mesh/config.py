@@ -355,8 +355,3 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),
     )
-
-
-def client_mesh_key(key_file: str | None, environ: Mapping[str, str]) -> bytes | None:
-    """The mesh key for a command-line client: the same sources as the node's."""
-    return mesh_key_from(key_file=key_file, environ=environ)
