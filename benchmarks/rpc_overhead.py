@@ -481,6 +481,24 @@ class BlockingEcho:
         self._sock.close()
 
 
+def one_and_many(
+    system: str,
+    call: str,
+    payload: str,
+    fn: Callable[[], Awaitable[object]],
+    traffic: Traffic,
+    *,
+    calls: tuple[int, int],
+    depth: int,
+) -> tuple[Case, Case]:
+    """The same call measured one at a time, then with ``depth`` in flight."""
+    one, many = calls
+    return (
+        Case(system, call, payload, 1, one, run=async_runner(fn, 1), traffic=traffic),
+        Case(system, call, payload, depth, many, run=async_runner(fn, depth), traffic=traffic),
+    )
+
+
 async def node_cases(
     stack: contextlib.AsyncExitStack,
     port: int,
@@ -507,54 +525,32 @@ async def node_cases(
 
         request, reply = infer_wire_bytes(x, expected[payload])
         common = Traffic(x.nbytes, request + reply, counts.warmup(payload))
-        seq.append(
-            Case(
-                NODE,
-                "infer",
-                payload,
-                1,
-                counts.seq(payload),
-                run=async_runner(infer, 1),
-                traffic=common,
-            )
-        )
         depth = WINDOW_LARGE if payload == LARGE else WINDOW_SMALL
-        pipe.append(
-            Case(
-                NODE,
-                "infer",
-                payload,
-                depth,
-                counts.pipe(payload),
-                run=async_runner(infer, depth),
-                traffic=common,
-            )
+        one, many = one_and_many(
+            NODE,
+            "infer",
+            payload,
+            infer,
+            common,
+            calls=(counts.seq(payload), counts.pipe(payload)),
+            depth=depth,
         )
+        seq.append(one)
+        pipe.append(many)
 
     ping_wire = len(encode_request(1, "ping", [])) + len(encode_response(1, None, "pong"))
     ping_common = Traffic(0, ping_wire, counts.warmup_small)
-    seq.append(
-        Case(
-            NODE,
-            "ping",
-            "-",
-            1,
-            counts.seq_small,
-            run=async_runner(client.ping, 1),
-            traffic=ping_common,
-        )
+    one, many = one_and_many(
+        NODE,
+        "ping",
+        "-",
+        client.ping,
+        ping_common,
+        calls=(counts.seq_small, counts.ping_pipe),
+        depth=WINDOW_PING,
     )
-    pipe.append(
-        Case(
-            NODE,
-            "ping",
-            "-",
-            WINDOW_PING,
-            counts.ping_pipe,
-            run=async_runner(client.ping, WINDOW_PING),
-            traffic=ping_common,
-        )
-    )
+    seq.append(one)
+    pipe.append(many)
 
     # ping with a 600 KB parameter: the node reads and parses all of it, then
     # refuses it with BadRequest. Transport and framing, no inference.
@@ -569,28 +565,17 @@ async def node_cases(
 
     blob_common = Traffic(len(blob), blob_wire, counts.warmup_large)
     name = "ping+600KB, refused"
-    seq.append(
-        Case(
-            NODE,
-            name,
-            LARGE,
-            1,
-            counts.seq_large,
-            run=async_runner(ping_blob, 1),
-            traffic=blob_common,
-        )
+    one, many = one_and_many(
+        NODE,
+        name,
+        LARGE,
+        ping_blob,
+        blob_common,
+        calls=(counts.seq_large, counts.pipe_large),
+        depth=WINDOW_LARGE,
     )
-    pipe.append(
-        Case(
-            NODE,
-            name,
-            LARGE,
-            WINDOW_LARGE,
-            counts.pipe_large,
-            run=async_runner(ping_blob, WINDOW_LARGE),
-            traffic=blob_common,
-        )
-    )
+    seq.append(one)
+    pipe.append(many)
     return seq, pipe
 
 
@@ -622,29 +607,18 @@ async def grpc_cases(
 
         # Wire bytes: the payload both ways; HTTP/2 and gRPC framing not counted.
         common = Traffic(len(blob), 2 * len(blob), counts.warmup(payload))
-        seq.append(
-            Case(
-                GRPC,
-                "echo",
-                payload,
-                1,
-                counts.seq(payload),
-                run=async_runner(echo, 1),
-                traffic=common,
-            )
-        )
         depth = WINDOW_LARGE if payload == LARGE else WINDOW_SMALL
-        pipe.append(
-            Case(
-                GRPC,
-                "echo",
-                payload,
-                depth,
-                counts.pipe(payload),
-                run=async_runner(echo, depth),
-                traffic=common,
-            )
+        one, many = one_and_many(
+            GRPC,
+            "echo",
+            payload,
+            echo,
+            common,
+            calls=(counts.seq(payload), counts.pipe(payload)),
+            depth=depth,
         )
+        seq.append(one)
+        pipe.append(many)
     return seq, pipe
 
 
