@@ -151,6 +151,29 @@ def _parser() -> argparse.ArgumentParser:
         help="concurrent requests per connection before Overloaded (default: 1024)",
     )
     node.add_argument(
+        "--slots",
+        metavar="N",
+        help="requests this node runs at once (default: one per executor thread)",
+    )
+    node.add_argument(
+        "--no-steal",
+        dest="steal",
+        action="store_const",
+        const=False,
+        help="do not share work: run only what enters this node, and give none away",
+    )
+    node.add_argument(
+        "--emulate-speed",
+        metavar="F",
+        help="for experiments: behave like a device F times as fast as the reference "
+        "(the real model runs; the call is padded to --emulate-service-ms / F)",
+    )
+    node.add_argument(
+        "--emulate-service-ms",
+        metavar="MS",
+        help="for experiments: the reference device's time per call (default: 20)",
+    )
+    node.add_argument(
         "--ready-file",
         metavar="FILE",
         help="write {name, id, host, rpc_port} as JSON here once listening",

@@ -96,6 +96,39 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
+class Emulation:
+    """Make a node behave like a device ``speed`` times as fast as the reference.
+
+    The real model runs and its real outputs are returned; the call is then
+    padded to ``service_ms / speed``. For experiments and demos only: two
+    cores cannot show a mesh of sixteen devices any other way.
+    """
+
+    speed: float = 1.0
+    # The reference device's service time for one call.
+    service_ms: float = 20.0
+
+    @property
+    def service_s(self) -> float:
+        return self.service_ms / self.speed / 1000
+
+    def to_status(self) -> dict[str, float]:
+        return {"speed": self.speed, "service_ms": self.service_ms}
+
+
+@dataclass(frozen=True)
+class WorkConfig:
+    """How a node shares work with its peers."""
+
+    # Requests run at once on this node; None means one per executor thread.
+    slots: int | None = None
+    # Take queued work from loaded peers, and let idle ones take ours.
+    steal: bool = True
+    # Pretend to be a device of another speed (off unless asked for).
+    emulation: Emulation | None = None
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one ``edgemesh node`` needs."""
 
@@ -108,6 +141,7 @@ class NodeConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    work: WorkConfig = field(default_factory=WorkConfig)
     # Written as JSON once the node listens, for scripts and supervisors.
     ready_file: Path | None = None
     log_level: str = "info"
@@ -152,6 +186,32 @@ def _positive_float(key: str, value: object) -> float:
         raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}") from None
     if not 0 < number < float("inf"):
         raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _number(key: str, value: object, expected: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}") from None
+    if number != number or number == float("inf"):
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    return number
+
+
+def _positive_number(key: str, value: object) -> float:
+    number = _number(key, value, "a positive number")
+    if number <= 0:
+        raise ConfigError(f"{key} must be a positive number, got {value!r}")
+    return number
+
+
+def _non_negative_number(key: str, value: object) -> float:
+    number = _number(key, value, "a number >= 0")
+    if number < 0:
+        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
     return number
 
 
@@ -231,6 +291,10 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "suspect_after": _positive_float,
     "dead_after": _positive_float,
     "forget_after": _positive_float,
+    "slots": _positive_int,
+    "steal": _flag,
+    "emulate_speed": _positive_number,
+    "emulate_service_ms": _non_negative_number,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
 }
@@ -341,6 +405,16 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         dead_after_s=settings.get("dead_after", defaults_mesh.dead_after_s),
         forget_after_s=settings.get("forget_after", defaults_mesh.forget_after_s),
     )
+    emulation = None
+    if "emulate_speed" in settings or "emulate_service_ms" in settings:
+        reference = Emulation()
+        emulation = Emulation(
+            speed=settings.get("emulate_speed", reference.speed),
+            service_ms=settings.get("emulate_service_ms", reference.service_ms),
+        )
+    work = WorkConfig(
+        slots=settings.get("slots"), steal=settings.get("steal", True), emulation=emulation
+    )
     defaults = NodeConfig()
     ready_file = settings.get("ready_file")
     return NodeConfig(
@@ -351,6 +425,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         runtime=runtime,
         rpc=rpc,
         mesh=mesh,
+        work=work,
         ready_file=None if ready_file is None else Path(ready_file),
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),

@@ -28,6 +28,7 @@ from typing import Any
 from mesh.config import MeshConfig, RpcConfig
 from mesh.core.addresses import format_address, parse_address
 from mesh.core.framing import encode_notification
+from mesh.core.gossip import MemberState
 from mesh.core.peers import (
     AddressLearned,
     Event,
@@ -88,7 +89,11 @@ class MeshMembership:
         rpc: RpcConfig,
         key: bytes | None,
         load: Callable[[], Load],
+        on_load: Callable[[str, Load], None] | None = None,
+        on_gone: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_load(name, load)`` hears each peer's gossiped load; ``on_gone(name)``
+        hears of a peer that died or restarted (what it held is lost)."""
         self.me = me
         self._config = config
         self._rpc = RpcConfig(
@@ -98,6 +103,8 @@ class MeshMembership:
         )
         self._key = key
         self._load = load
+        self._on_load = on_load
+        self._on_gone = on_gone
         self._view = Membership(
             self_name=me.name,
             self_id=me.id,
@@ -132,6 +139,13 @@ class MeshMembership:
         """Bytes this node has sent to peers over its own links (gossip and handshakes)."""
         live = sum(client.connection.bytes_sent for client in self._links.values())
         return self._closed_links_bytes + live
+
+    def link(self, name: str) -> RpcConnection | None:
+        """Our open connection to peer ``name``, for calls and notifications; None if none."""
+        client = self._links.get(name)
+        if client is None or client.closed:
+            return None
+        return client.connection
 
     def stats(self) -> dict[str, Any]:
         """Figures for ``status()``: links, gossip sent."""
@@ -252,6 +266,10 @@ class MeshMembership:
         if host is None:
             return  # not a TCP peer: nothing to dial back
         self._handle(self._view.heard_from(gossip, peer_host=host, now=self._now()))
+        if self._on_load is not None and gossip.name != self.me.name:
+            member = self._view.get(gossip.name)
+            if member is not None and member.state is MemberState.ALIVE:
+                self._on_load(gossip.name, gossip.load)
         if gossip.name != self.me.name and gossip.name not in self._links:
             # It reached us; make sure our gossip reaches it too.
             self._want(host, gossip.rpc_port, static=False)
@@ -264,6 +282,7 @@ class MeshMembership:
                 log.info("peer %s %s", event.name, "rejoined" if event.rejoined else "joined")
             elif isinstance(event, MemberRestarted):
                 log.info("peer %s restarted (incarnation %d)", event.name, event.new_incarnation)
+                self._gone(event.name)
             elif isinstance(event, MemberSuspected):
                 log.info("peer %s is suspect: %s", event.name, event.reason)
             elif isinstance(event, MemberRefuted):
@@ -276,6 +295,7 @@ class MeshMembership:
                     # must not arrive as fresh news when a partition heals. Its
                     # dialer reconnects once the peer can be reached again.
                     link.connection.abort()
+                self._gone(event.name)
             elif isinstance(event, MemberForgotten):
                 log.info("peer %s forgotten", event.name)
 
@@ -364,6 +384,10 @@ class MeshMembership:
         return name
 
     # --- helpers ------------------------------------------------------------------
+
+    def _gone(self, name: str) -> None:
+        if self._on_gone is not None:
+            self._on_gone(name)
 
     def _warn_once(self, key: str, message: str, *args: object) -> None:
         if key in self._warned:

@@ -3,11 +3,14 @@
 :meth:`Node.run` owns everything the node starts, inside one TaskGroup, and
 returns only after all of it has stopped. The methods it serves:
 
-* ``infer(model, inputs[, options])`` → map of output name to tensor
+* ``infer(model, inputs[, options])`` → map of output name to tensor; the
+  request may run here or on a peer that steals it (see :mod:`mesh.work`)
 * ``models()`` → the models served, with their signatures
 * ``status()`` → identity, models and counters
 * ``ping()`` → ``"pong"``
 * ``hello(...)`` → the mesh-key handshake (handled in :mod:`mesh.rpc`)
+* between peers: ``steal`` and the ``gossip``, ``result``, ``handoff``,
+  ``cancel`` and ``nudge`` notifications
 """
 
 from __future__ import annotations
@@ -25,15 +28,34 @@ from mesh.config import NodeConfig
 from mesh.core.adverts import Advert
 from mesh.core.auth import mesh_id
 from mesh.core.codec import encode_tensors
+from mesh.core.handover import CANCEL, HANDOFF, NUDGE, RESULT, STEAL
 from mesh.core.peers import Load, ModelHolding
 from mesh.core.requests import parse_infer
+from mesh.core.scheduler import SchedulerConfig
 from mesh.discovery import MdnsDiscovery
-from mesh.errors import BadRequest, DeadlineExceeded, MeshError
+from mesh.errors import BadRequest, MeshError
 from mesh.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.rpc import Methods, RpcConnection, RpcServer
 from mesh.runtime import Runtime
+from mesh.work import WorkSharing
 
 __all__ = ["Node"]
+
+# The scheduler's counters that status() always shows, zero or not.
+_WORK_COUNTERS = (
+    "served_local",
+    "served_remote",
+    "stolen_in",
+    "stolen_out",
+    "requeued",
+    "expired",
+    "cancelled",
+    "late_dropped",
+    "orphaned",
+    "steal_requests",
+    "steals_empty",
+    "nudges_sent",
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +81,7 @@ class Node:
         self._started = time.monotonic()
         self._server: RpcServer | None = None
         self._membership: MeshMembership | None = None
+        self._work: WorkSharing | None = None
         self._counters: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._in_flight = 0
@@ -114,7 +137,17 @@ class Node:
             hello_info=self._hello_info,
         )
         port = await self._server.start()
-        self._membership = MeshMembership(
+        work = self._work = WorkSharing(
+            node_id=self.id,
+            name=config.name,
+            runtime=self.runtime,
+            config=SchedulerConfig(
+                slots=config.work.slots or self.runtime.threads, steal=config.work.steal
+            ),
+            emulation=config.work.emulation,
+            link=self._link,
+        )
+        membership = self._membership = MeshMembership(
             me=SelfInfo(
                 name=config.name,
                 id=self.id,
@@ -126,17 +159,23 @@ class Node:
             rpc=config.rpc,
             key=config.mesh_key,
             load=self._gossip_load,
+            on_load=work.on_peer_load,
+            on_gone=work.on_peer_gone,
         )
+        # Measured before anyone hears of us, so our first gossip already
+        # tells peers how fast we are.
+        await work.warm_up()
         async with asyncio.TaskGroup() as tasks:
             listening = asyncio.Event()
             started = [tasks.create_task(self._server.serve(listening))]
             await listening.wait()
-            started.append(tasks.create_task(self._membership.run()))
+            started.append(tasks.create_task(work.run()))
+            started.append(tasks.create_task(membership.run()))
             if config.mesh.mdns:
                 discovery = MdnsDiscovery(
                     advert=self._advert(port),
                     interfaces=config.mesh.interfaces,
-                    on_event=self._membership.on_discovery,
+                    on_event=membership.on_discovery,
                 )
                 started.append(tasks.create_task(discovery.run()))
             self._announce(port)
@@ -156,21 +195,25 @@ class Node:
             mesh_id=self.mesh_id,
         )
 
+    def _link(self, name: str) -> RpcConnection | None:
+        return None if self._membership is None else self._membership.link(name)
+
     def _gossip_load(self) -> Load:
         """This node's load as peers need it: time, not queue length."""
-        runtime = self.runtime
-        loads = runtime.load()
-        busy = sum(m.executing for m in loads)
-        queued_s = sum((m.queued + m.executing) * (m.service_ewma_s or 0.0) for m in loads) / max(
-            1, runtime.threads
-        )
+        scheduler = self._sharing.scheduler
         return Load(
-            models=tuple(ModelHolding(s.name, s.sha256) for s in runtime.specs()),
-            service_s={m.name: m.service_ewma_s for m in loads if m.service_ewma_s is not None},
-            queued_s=queued_s,
-            free_slots=max(0, runtime.threads - busy),
+            models=tuple(ModelHolding(s.name, s.sha256) for s in self.runtime.specs()),
+            service_s=scheduler.measured(),
+            queued_s=scheduler.queued_s(),
+            free_slots=scheduler.free_slots(),
             role="node",
         )
+
+    @property
+    def _sharing(self) -> WorkSharing:
+        if self._work is None:
+            raise RuntimeError("the node is not serving yet")
+        return self._work
 
     def _announce(self, port: int) -> None:
         config = self.config
@@ -195,9 +238,20 @@ class Node:
 
     def _methods(self) -> Methods:
         return Methods(
-            inline={"ping": self._ping, "models": self._models, "status": self._status},
+            inline={
+                "ping": self._ping,
+                "models": self._models,
+                "status": self._status,
+                STEAL: lambda c, p: self._sharing.on_steal(c, p),
+            },
             concurrent={"infer": self._infer},
-            notifications={GOSSIP: self._on_gossip},
+            notifications={
+                GOSSIP: self._on_gossip,
+                RESULT: lambda c, p: self._sharing.on_result(c, p),
+                HANDOFF: lambda c, p: self._sharing.on_handoff(c, p),
+                CANCEL: lambda c, p: self._sharing.on_cancel(c, p),
+                NUDGE: lambda c, p: self._sharing.on_nudge(c, p),
+            },
         )
 
     def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
@@ -248,25 +302,25 @@ class Node:
                 "failed": self._counters["failed"],
                 "in_flight": self._in_flight,
                 "errors": dict(self._errors),
+                **self._work_counters(),
             },
+            "scheduler": {} if self._work is None else self._work.status(),
+            "emulation": None
+            if self.config.work.emulation is None
+            else self.config.work.emulation.to_status(),
+            "steal_activity": {} if self._work is None else self._work.scheduler.peer_activity(),
         }
+
+    def _work_counters(self) -> dict[str, int]:
+        counters = Counter() if self._work is None else self._work.scheduler.counters
+        return {name: counters[name] for name in _WORK_COUNTERS}
 
     async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
         self._counters["requests"] += 1
         self._in_flight += 1
         try:
             request = parse_infer(params)
-            if request.deadline_ms is None:
-                outputs = await self.runtime.infer(request.model, request.inputs)
-            else:
-                try:
-                    async with asyncio.timeout(request.deadline_ms / 1000):
-                        outputs = await self.runtime.infer(request.model, request.inputs)
-                except TimeoutError:
-                    raise DeadlineExceeded(
-                        f"request {request.request_id or '(no id)'} for {request.model} "
-                        f"missed its deadline of {request.deadline_ms:g} ms"
-                    ) from None
+            answer = await self._sharing.infer(request)
         except MeshError as exc:
             self._counters["failed"] += 1
             self._errors[exc.code] += 1
@@ -274,4 +328,7 @@ class Node:
         finally:
             self._in_flight -= 1
         self._counters["served"] += 1
-        return encode_tensors(outputs)
+        outputs = encode_tensors(answer.outputs)
+        if request.detail:
+            return {"outputs": outputs, "ran_on": answer.ran_on}
+        return outputs

@@ -294,6 +294,10 @@ class Runtime:
 
     # --- inference ----------------------------------------------------------
 
+    def check_inputs(self, model: str, inputs: Mapping[str, NDArray[Any]]) -> None:
+        """ModelNotFound or InvalidInput unless ``inputs`` suit ``model``."""
+        validate_inputs(self._get(model).spec, inputs)
+
     async def infer(self, model: str, inputs: Mapping[str, NDArray[Any]]) -> Tensors:
         """Run one call of ``model`` on a worker thread; outputs keyed by name.
 

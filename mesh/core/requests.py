@@ -2,8 +2,9 @@
 
 ``infer(model, inputs)`` or ``infer(model, inputs, options)``: ``inputs`` is a
 map of input name to tensor map, ``options`` a map with optional
-``request_id`` (a string the caller picks, so that retries can be recognised)
-and ``deadline_ms`` (how long, from arrival, the caller is willing to wait).
+``request_id`` (a string the caller picks, so that retries can be recognised),
+``deadline_ms`` (how long, from arrival, the caller is willing to wait) and
+``detail`` (true: answer ``{"outputs": ..., "ran_on": node name}``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mesh.errors import BadRequest
 __all__ = ["MAX_REQUEST_ID_LENGTH", "InferRequest", "parse_infer"]
 
 MAX_REQUEST_ID_LENGTH = 128
-_OPTIONS = frozenset({"request_id", "deadline_ms"})
+_OPTIONS = frozenset({"request_id", "deadline_ms", "detail"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class InferRequest:
     inputs: dict[str, np.ndarray[Any, Any]]
     request_id: str | None = None
     deadline_ms: float | None = None
+    # Answer {"outputs": ..., "ran_on": node} instead of the outputs alone.
+    detail: bool = False
 
 
 def parse_infer(params: list[Any]) -> InferRequest:
@@ -66,8 +69,12 @@ def parse_infer(params: list[Any]) -> InferRequest:
         or deadline_ms <= 0
     ):
         raise BadRequest(f"infer: deadline_ms must be a positive number, got {deadline_ms!r}")
+    detail = options.get("detail", False)
+    if not isinstance(detail, bool):
+        raise BadRequest(f"infer: detail must be true or false, got {detail!r}")
     return InferRequest(
         model=model,
+        detail=detail,
         inputs=inputs,
         request_id=request_id,
         deadline_ms=None if deadline_ms is None else float(deadline_ms),
