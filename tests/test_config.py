@@ -122,3 +122,43 @@ def test_membership_settings(tmp_path: Path) -> None:
         load_node_config({"gossip_interval": "0"}, {})
     with pytest.raises(ConfigError, match="at most 63 bytes"):
         load_node_config({"name": "n" * 64}, {})
+
+
+def test_work_sharing_settings_from_file_environment_and_flags(tmp_path: Path) -> None:
+    assert load_node_config({}, {}).work.emulation is None
+    assert load_node_config({}, {}).work.steal is True
+    toml = write(tmp_path / "node.toml", "slots = 3\nsteal = false\nemulate_speed = 2\n")
+    from_file = load_node_config({}, {}, toml)
+    assert from_file.work.slots == 3
+    assert from_file.work.steal is False
+    assert from_file.work.emulation is not None
+    # The reference service time defaults to 20 ms: a speed-2 device takes 10.
+    assert from_file.work.emulation.service_s == pytest.approx(0.010)
+    env = {"EDGEMESH_EMULATE_SERVICE_MS": "50", "EDGEMESH_STEAL": "yes"}
+    from_env = load_node_config({}, env, toml)
+    assert from_env.work.steal is True
+    assert from_env.work.emulation is not None
+    assert from_env.work.emulation.service_s == pytest.approx(0.025)
+    flags = {"emulate_speed": "0.5", "slots": "1"}
+    from_flags = load_node_config(flags, env, toml)
+    assert from_flags.work.slots == 1
+    assert from_flags.work.emulation is not None
+    assert from_flags.work.emulation.to_status() == {"speed": 0.5, "service_ms": 50.0}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"emulate_speed": "0"}, "--emulate-speed must be a positive number"),
+        ({"emulate_speed": "fast"}, "--emulate-speed must be a positive number"),
+        ({"emulate_speed": "nan"}, "--emulate-speed must be a positive number"),
+        ({"emulate_service_ms": "-1"}, "--emulate-service-ms must be a number >= 0"),
+        ({"slots": "0"}, "--slots must be a positive integer"),
+    ],
+    ids=["zero-speed", "word-speed", "nan-speed", "negative-ms", "zero-slots"],
+)
+def test_bad_work_sharing_settings_say_what_was_expected(
+    flags: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_node_config(flags, {})
