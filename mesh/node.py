@@ -166,10 +166,12 @@ class Node:
         # tells peers how fast we are.
         await work.warm_up()
         async with asyncio.TaskGroup() as tasks:
+            # Work sharing first: tasks start in order, so it is running
+            # before the server can hand it a request.
+            started = [tasks.create_task(work.run())]
             listening = asyncio.Event()
-            started = [tasks.create_task(self._server.serve(listening))]
+            started.append(tasks.create_task(self._server.serve(listening)))
             await listening.wait()
-            started.append(tasks.create_task(work.run()))
             started.append(tasks.create_task(membership.run()))
             if config.mesh.mdns:
                 discovery = MdnsDiscovery(
