@@ -202,12 +202,12 @@ class Node:
 
     def _gossip_load(self) -> Load:
         """This node's load as peers need it: time, not queue length."""
-        scheduler = self._sharing.scheduler
+        load = self._sharing.load()
         return Load(
             models=tuple(ModelHolding(s.name, s.sha256) for s in self.runtime.specs()),
-            service_s=scheduler.measured(),
-            queued_s=scheduler.queued_s(),
-            free_slots=scheduler.free_slots(),
+            service_s=load.service_s,
+            queued_s=load.queued_s,
+            free_slots=load.free_slots,
             role="node",
         )
 

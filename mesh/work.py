@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +83,32 @@ class Answer:
     ran_on: str
 
 
+class _EmulatedDevice:
+    """When each call on an emulated device ends: ``service_s`` after it starts.
+
+    A device with an exact service time starts a call when both the call
+    is there and one of its slots is free, and ends it ``service_s`` later.
+    So a call that was waiting here starts when the slot's previous call was
+    due to end, not when this loop got round to it: a sleep wakes a little
+    late (timer granularity, a busy loop), and that lateness must not add
+    up call after call, or the device would run slower than the speed it
+    emulates. A call that finds the device idle starts when it arrived, so
+    time without work is never made up.
+    """
+
+    def __init__(self, emulation: Emulation, slots: int) -> None:
+        self._service_s = emulation.service_s
+        self._slot_ends = [-math.inf] * slots
+
+    def finish_at(self, arrived: float) -> float:
+        ends = self._slot_ends
+        # The slot that came free first is the one this call took.
+        start = max(arrived, heapq.heappop(ends))
+        end = start + self._service_s
+        heapq.heappush(ends, end)
+        return end
+
+
 class WorkSharing:
     """One node's side of work sharing; run :meth:`run` in the node's TaskGroup."""
 
@@ -99,6 +127,7 @@ class WorkSharing:
         self.node_id = node_id
         self._runtime = runtime
         self._emulation = emulation
+        self._device = None if emulation is None else _EmulatedDevice(emulation, config.slots)
         self._link = link
         models = {spec.name: spec.sha256 for spec in runtime.specs()}
         self.scheduler: Scheduler[Tensors] = Scheduler(
@@ -130,7 +159,7 @@ class WorkSharing:
             }
             started = self._loop.time()
             try:
-                await self._execute(spec.name, inputs)
+                await self._execute(spec.name, inputs, arrived=started)
             except MeshError as exc:
                 log.info("no warm-up for %s: %s", spec.name, exc.message)
                 continue
@@ -193,7 +222,7 @@ class WorkSharing:
         ask = parse_steal_ask(params)
         now = self._now()
         jobs, actions = self.scheduler.grant(ask, now)
-        reply = encode_grant(jobs, self.scheduler.load_summary(), now)
+        reply = encode_grant(jobs, self.scheduler.load_summary(now), now)
         self._do(actions)
         return reply
 
@@ -243,6 +272,10 @@ class WorkSharing:
         self._do(self.scheduler.peer_lost(name, self._now()))
 
     # --- what the node reports -------------------------------------------------------
+
+    def load(self) -> PeerLoad:
+        """This node's load now, for gossip."""
+        return self.scheduler.load_summary(self._now())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -330,11 +363,13 @@ class WorkSharing:
         self._runs[job.key] = self._tasks.create_task(self._run_job(job))
 
     async def _run_job(self, job: Job[Tensors]) -> None:
-        started = self._loop.time()
+        # From the moment the scheduler gave it a slot: the task's start-up
+        # is part of this job's service time, as the thread hand-off is.
+        started = self._loop.time() if job.started_at is None else job.started_at
         outcome: Outcome
         took: float | None = None
         try:
-            outcome = await self._execute(job.model, job.payload)
+            outcome = await self._execute(job.model, job.payload, arrived=job.enqueued_at)
             took = self._loop.time() - started
         except MeshError as exc:
             outcome = exc
@@ -345,11 +380,11 @@ class WorkSharing:
         self._runs.pop(job.key, None)
         self._do(self.scheduler.finished(job, took_s=took, now=self._now()), outcome=outcome)
 
-    async def _execute(self, model: str, inputs: Tensors) -> Tensors:
-        started = self._loop.time()
+    async def _execute(self, model: str, inputs: Tensors, *, arrived: float) -> Tensors:
+        """Run one call; on an emulated device, padded to end when that device would."""
         outputs = await self._runtime.infer(model, inputs)
-        if self._emulation is not None:
-            pad = self._emulation.service_s - (self._loop.time() - started)
+        if self._device is not None:
+            pad = self._device.finish_at(arrived) - self._loop.time()
             if pad > 0:
                 await asyncio.sleep(pad)
         return outputs

@@ -107,11 +107,12 @@ async def test_a_burst_at_one_node_is_shared_and_every_answer_is_right(
             assert answer["label"].tolist() == expected.tolist()
         entry, *others = (counters(node) for node in nodes)
         assert entry["requests"] == 90
-        assert entry["served_local"] + entry["stolen_out"] == 90
-        assert entry["served_remote"] == entry["stolen_out"]
+        # (A request stolen away may be stolen back: it then counts as both
+        # stolen_out and served_local, so the sum that holds is this one.)
+        assert entry["served_local"] + entry["served_remote"] == 90
         for other in others:
             assert other["stolen_in"] > 0, other
-        assert entry["served_local"] + sum(o["stolen_in"] for o in others) == 90
+        assert entry["served_remote"] == sum(o["stolen_in"] for o in others)
         assert entry["late_dropped"] == 0
 
 

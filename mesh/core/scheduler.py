@@ -144,7 +144,9 @@ class PeerLoad:
 
     models: Mapping[str, str]  # model name → sha256
     service_s: Mapping[str, float]
-    queued_s: float  # queued (not running) work, seconds per slot
+    # Time until a request queued there now could start: its queued and
+    # running work, seconds per slot (gossip's "queued_s").
+    queued_s: float
     free_slots: int
 
 
@@ -257,9 +259,12 @@ class _Owned(Generic[P]):
 @dataclass(slots=True)
 class _Peer:
     load: PeerLoad
-    # Set when we granted it work or learned its load from a steal reply:
-    # fresher than its gossip until that next arrives.
-    busy_until_gossip: bool = False
+    # When it should be done with work we just granted it. Until then our
+    # own estimate of its load beats its gossip, which may have been sent
+    # before the grant arrived; after it, it may be idle again.
+    busy_until: float = -math.inf
+    # Whether ``load`` is our estimate (after a grant) rather than its word.
+    overridden: bool = False
     last_nudged: float = -math.inf
     backoff_until: float = -math.inf
     rtt_s: float | None = None
@@ -439,7 +444,9 @@ class Scheduler(Generic[P]):
         actions: list[Action] = []
         if job.key[0] == self.node_id:
             owned = self._owned.get(job.key[1])
-            if owned is not None and owned.job.epoch == job.epoch and owned.holder is None:
+            # The current epoch answers, run from our queue or stolen back
+            # from a peer (its holder is then a peer, or us after a handoff).
+            if owned is not None and owned.job.epoch == job.epoch:
                 del self._owned[job.key[1]]
                 self.counters["served_local"] += 1
                 actions.append(Reply(job.key[1]))
@@ -479,11 +486,17 @@ class Scheduler(Generic[P]):
         peer = self._peers.get(name)
         if peer is None:
             self._peers[name] = _Peer(load)
+        elif now < peer.busy_until:
+            # Its models and speeds are news; its queue is older than our grant.
+            peer.load = PeerLoad(
+                models=load.models,
+                service_s=load.service_s,
+                queued_s=max(load.queued_s, peer.busy_until - now),
+                free_slots=min(load.free_slots, peer.load.free_slots),
+            )
         else:
             peer.load = load
-            peer.busy_until_gossip = False
-            if load.queued_s > 0:
-                peer.backoff_until = -math.inf
+            peer.overridden = False
         return self._after_change(now)
 
     def peer_lost(self, name: str, now: float) -> list[Action]:
@@ -538,7 +551,6 @@ class Scheduler(Generic[P]):
                 self._observe_link(peer, reply_bytes, took_s)
             if victim_load is not None:
                 peer.load = victim_load
-                peer.busy_until_gossip = True
             if not taken:
                 self.counters["steals_empty"] += 1
                 peer.backoff_until = now + self.config.steal_backoff_s
@@ -547,13 +559,26 @@ class Scheduler(Generic[P]):
                 peer.we_stole += len(taken)
                 peer.last_steal_at = now
         for job in taken:
+            if job.key[0] == self.node_id:
+                self._came_home(job)
+                continue
             job.enqueued_at = now
-            job.state = JobState.QUEUED
             self._foreign[job.key] = job
             if job.deadline is not None:
                 self._timer(job.deadline, _DEADLINE, job.key, job.epoch)
             self._enqueue(job)
         return self._after_change(now)
+
+    def _came_home(self, job: Job[P]) -> None:
+        """We stole back one of our own requests: it is ours to run, under no lease."""
+        owned = self._owned.get(job.key[1])
+        if owned is None or owned.job.epoch != job.epoch:
+            self.counters["late_dropped"] += 1  # answered or taken back meanwhile
+            return
+        owned.job = job
+        owned.holder = None
+        owned.lease_until = None
+        self._enqueue(job, front=True)  # old work: it goes before newer arrivals
 
     def steal_failed(self, victim: str, now: float) -> list[Action]:
         """Our :class:`Steal` got no answer (the victim errored or went away)."""
@@ -598,8 +623,7 @@ class Scheduler(Generic[P]):
             transfer = (sent_bytes + job.size_bytes) / ask.bandwidth_bps
             thief_finish = thief_ready + transfer + theirs * (len(granted) + 1) / thief_parallel
             ours = victim_finish if mine is not None else math.inf
-            margin = max(self.config.min_gain_s, self.config.gain_fraction * theirs)
-            if not thief_finish + margin < ours:
+            if not thief_finish + self._margin_s(theirs) < ours:
                 break  # older jobs finish sooner here still: stop
             granted.append((job, thief_finish))
             sent_bytes += job.size_bytes
@@ -626,27 +650,29 @@ class Scheduler(Generic[P]):
         return jobs, actions + self._after_change(now)
 
     def _note_thief(self, ask: StealAsk, jobs: list[Job[P]], now: float) -> None:
-        """Until its next gossip, count the thief as busy with what it took."""
+        """Count the thief as busy with what it took, until it should be done."""
         peer = self._peers.get(ask.thief)
         if peer is None:
             return
         peer.stole_from_us += len(jobs)
         peer.last_steal_at = now
-        peer.busy_until_gossip = True
         work = sum(self._thief_service_s(ask, j.model) for j in jobs) / max(1, ask.slots)
+        wait = ask.wait_s + ask.rtt_s + work
+        peer.busy_until = now + wait
+        peer.overridden = True
         peer.load = PeerLoad(
             models=peer.load.models,
             service_s=peer.load.service_s,
-            queued_s=ask.wait_s + work,
+            queued_s=wait,
             free_slots=0,
         )
 
-    def load_summary(self) -> PeerLoad:
-        """This node's load as a steal reply carries it."""
+    def load_summary(self, now: float) -> PeerLoad:
+        """This node's load as gossip and steal replies carry it."""
         return PeerLoad(
             models=self._models,
             service_s=self.measured(),
-            queued_s=self.queued_s(),
+            queued_s=self.wait_s(now),
             free_slots=self.free_slots(),
         )
 
@@ -719,6 +745,11 @@ class Scheduler(Generic[P]):
             job = self._next_runnable()
             if job is None:
                 break
+            if job.deadline is not None and job.deadline <= now:
+                # Its deadline passed before its timer fired: expire it, never run it.
+                actions += self._expire(job.key, job.epoch, now)
+                if job.state is not JobState.QUEUED:
+                    continue
             self._queues[job.model].popleft()
             self._queued_count[job.model] -= 1
             job.state = JobState.RUNNING
@@ -755,10 +786,18 @@ class Scheduler(Generic[P]):
         """
         if self._stealing_from is not None:
             return None
+        # Worth asking only if the peer's queue outlasts what one job costs
+        # us, round trip and margin included; anything less, its own grant
+        # check would refuse (a peer that knows better nudges us instead).
+        service = min(
+            (self._estimate(m) for m in self._models), default=self.config.default_service_s
+        )
+        my_wait = self.wait_s(now)
         candidates = [
             name
             for name, peer in self._peers.items()
-            if peer.load.queued_s > 0 and peer.backoff_until <= now
+            if peer.backoff_until <= now
+            and peer.load.queued_s > my_wait + self._rtt_s(peer) + service + self._margin_s(service)
         ]
         if not candidates:
             return None
@@ -795,19 +834,47 @@ class Scheduler(Generic[P]):
         actions: list[Action] = []
         for name, peer in self._peers.items():
             load = peer.load
-            if (
-                peer.busy_until_gossip
-                or load.free_slots <= 0
-                or load.queued_s > 0
-                or now - peer.last_nudged < self.config.nudge_interval_s
-            ):
+            if now - peer.last_nudged < self.config.nudge_interval_s:
+                continue
+            wait = self._idle_wait(peer, now)
+            if wait is None:
                 continue
             if not any(m in load.models for m in waiting):
+                continue
+            if not self._worth_moving_to(peer, wait, now):
                 continue
             peer.last_nudged = now
             self.counters["nudges_sent"] += 1
             actions.append(Nudge(name))
         return actions
+
+    def _idle_wait(self, peer: _Peer, now: float) -> float | None:
+        """The wait at ``peer`` if it has a free slot (or should by now), else None."""
+        if now < peer.busy_until:
+            return None  # busy with what we granted it
+        if peer.overridden:
+            return 0.0  # it should have finished what we granted; no news since
+        return peer.load.queued_s if peer.load.free_slots > 0 else None
+
+    def _worth_moving_to(self, peer: _Peer, wait: float, now: float) -> bool:
+        """Whether ``peer``, waiting ``wait`` already, would finish our newest job sooner."""
+        load = peer.load
+        for job in self._queued_newest_first():
+            if job.model not in load.models or job.moves >= self.config.max_moves:
+                continue
+            theirs = load.service_s.get(job.model) or self._estimate(job.model)
+            mine = self._local_finish_s(now) if job.model in self._models else math.inf
+            transfer = job.size_bytes / (peer.bandwidth_bps or self.config.default_bandwidth_bps)
+            finish = wait + self._rtt_s(peer) + transfer + theirs
+            return finish + self._margin_s(theirs) < mine
+        return False
+
+    def _rtt_s(self, peer: _Peer) -> float:
+        return peer.rtt_s if peer.rtt_s is not None else self.config.default_rtt_s
+
+    def _margin_s(self, service_s: float) -> float:
+        """Hysteresis: the least gain for which a job moves."""
+        return max(self.config.min_gain_s, self.config.gain_fraction * service_s)
 
     def _share(self, ask: StealAsk, candidates: list[Job[P]], now: float) -> int:
         """How many of our queued jobs the thief may take: its fair share.
@@ -831,8 +898,7 @@ class Scheduler(Generic[P]):
             if name == ask.thief or model not in load.models:
                 continue
             service = load.service_s.get(model) or theirs
-            busy = 0.0 if load.free_slots > 0 else service / 2  # a run half done
-            others.append((load.queued_s + busy, max(1, load.free_slots) / service))
+            others.append((load.queued_s, max(1, load.free_slots) / service))
         level = _water_level([thief, *others], len(candidates))
         wait, rate = thief
         return max(1, round((level - wait) * rate)) if level > wait else 0
@@ -1005,7 +1071,13 @@ class Scheduler(Generic[P]):
         return f"no node in the mesh serves model '{model}'; available models: {available}"
 
     def _timer(self, when: float, kind: int, key: JobKey, epoch: int) -> None:
-        heapq.heappush(self._timers, (when, kind, key, epoch))
+        timers = self._timers
+        if len(timers) > 2 * (len(self._owned) + len(self._foreign)) + 1024:
+            # Answered requests leave their timers behind until they come up;
+            # sweep now and then so the heap tracks only live ones.
+            timers[:] = [entry for entry in timers if self._timer_live(entry)]
+            heapq.heapify(timers)
+        heapq.heappush(timers, (when, kind, key, epoch))
 
     def _timer_live(self, entry: tuple[float, int, JobKey, int]) -> bool:
         _, kind, key, epoch = entry
