@@ -267,6 +267,7 @@ class _Peer:
     overridden: bool = False
     last_nudged: float = -math.inf
     backoff_until: float = -math.inf
+    empty_streak: int = 0  # empty answers to our steals in a row
     rtt_s: float | None = None
     bandwidth_bps: float | None = None
     stole_from_us: int = 0
@@ -524,7 +525,9 @@ class Scheduler(Generic[P]):
         """``by`` says it holds work we could take."""
         peer = self._peers.get(by)
         if peer is not None:
+            # It knows its queue better than our back-off guesses.
             peer.backoff_until = -math.inf
+            peer.empty_streak = 0
         if not self._hungry() or self._stealing_from is not None:
             return []
         return [self._steal_from(by, now)]
@@ -553,9 +556,14 @@ class Scheduler(Generic[P]):
                 peer.load = victim_load
             if not taken:
                 self.counters["steals_empty"] += 1
-                peer.backoff_until = now + self.config.steal_backoff_s
+                # Each empty answer in a row doubles the wait (up to 16x): a
+                # victim whose queue is not worth sharing is asked rarely.
+                peer.empty_streak += 1
+                backoff = self.config.steal_backoff_s * 2 ** min(peer.empty_streak - 1, 4)
+                peer.backoff_until = now + backoff
                 self._timer(peer.backoff_until, _BACKOFF, (victim, 0), 0)
             else:
+                peer.empty_streak = 0
                 peer.we_stole += len(taken)
                 peer.last_steal_at = now
         for job in taken:
