@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench models clean
+.PHONY: demo test lint typecheck unit bench bench-balance models clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgemesh needs Python 3.11 or newer"'
@@ -33,6 +33,11 @@ unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/rpc_overhead.py
+
+# Work stealing on N = 2..16 emulated devices against Dask: about 15 minutes.
+bench-balance: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python benchmarks/balance.py
 
 # Rebuild models/ from scikit-learn's bundled digits (build-time dependencies only).
 models: $(STAMP)
