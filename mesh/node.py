@@ -141,9 +141,7 @@ class Node:
             node_id=self.id,
             name=config.name,
             runtime=self.runtime,
-            config=SchedulerConfig(
-                slots=config.work.slots or self.runtime.threads, steal=config.work.steal
-            ),
+            config=self._scheduler_config(),
             emulation=config.work.emulation,
             link=self._link,
         )
@@ -196,6 +194,15 @@ class Node:
             role="node",
             mesh_id=self.mesh_id,
         )
+
+    def _scheduler_config(self) -> SchedulerConfig:
+        work = self.config.work
+        slots = work.slots or self.runtime.threads
+        if work.emulation is not None:
+            # An emulated device runs `slots` calls at once and no more; a
+            # deeper hand-off would count waiting calls as running.
+            return SchedulerConfig(slots=slots, steal=work.steal, solo_depth=slots)
+        return SchedulerConfig(slots=slots, steal=work.steal)
 
     def _link(self, name: str) -> RpcConnection | None:
         return None if self._membership is None else self._membership.link(name)

@@ -63,7 +63,7 @@ from mesh.model_files import (
     select_model_files,
 )
 
-__all__ = ["MANIFEST_NAME", "UNLISTED_VERSION", "ModelLoad", "Runtime", "Tensors"]
+__all__ = ["MANIFEST_NAME", "UNLISTED_VERSION", "ModelLoad", "Runtime", "RuntimeCall", "Tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +181,10 @@ class _Call:
     future: asyncio.Future[Tensors]
     inbox: _Inbox
     cancelled: bool = False  # guarded by Runtime._lock
+
+
+# A queued or running call, as Runtime.start returns it.
+RuntimeCall = _Call
 
 
 class _Inbox:
@@ -309,6 +313,20 @@ class Runtime:
         boundary, and its result is discarded. The model's concurrency slot
         is freed only when the thread is done, so the limit counts real work.
         """
+        call = self.start(model, inputs)
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            self.cancel(call)
+            raise
+
+    def start(self, model: str, inputs: Mapping[str, NDArray[Any]]) -> RuntimeCall:
+        """Queue one call of ``model`` and return at once; its ``future`` has the outputs.
+
+        For callers that would rather add a done-callback than keep a task
+        waiting (the node runs every job this way). Cancel with :meth:`cancel`,
+        not by cancelling the future. Raises as :meth:`infer` does.
+        """
         loaded = self._get(model)
         validate_inputs(loaded.spec, inputs)
         loop = asyncio.get_running_loop()
@@ -323,16 +341,17 @@ class Runtime:
             if loaded.running < loaded.limit:
                 self._start_worker(loaded)
             loaded.queue.append(call)
-        try:
-            return await call.future
-        except asyncio.CancelledError:
-            with self._lock:
-                call.cancelled = True  # still queued: the worker skips it
-            # Already running: nobody wants the result, so free the CPU early
-            # rather than finish. Set either way, as the worker may be taking
-            # the call right now; a run that starts terminated stops at once.
-            call.options.terminate = True
-            raise
+        return call
+
+    def cancel(self, call: RuntimeCall) -> None:
+        """Drop ``call`` if still queued, else ask its run to stop; its result is discarded."""
+        with self._lock:
+            call.cancelled = True  # still queued: the worker skips it
+        # Already running: nobody wants the result, so free the CPU early
+        # rather than finish. Set either way, as the worker may be taking
+        # the call right now; a run that starts terminated stops at once.
+        call.options.terminate = True
+        call.future.cancel()
 
     def _start_worker(self, loaded: _Loaded) -> None:
         """Take a slot of ``loaded`` for a new worker; call with the lock held."""

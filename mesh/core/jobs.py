@@ -43,6 +43,9 @@ class SchedulerConfig:
 
     # Requests this node runs at once.
     slots: int = 1
+    # Calls handed to the runtime at once when no peer could take work off
+    # us (alone, or stealing off): enough to keep its threads busy.
+    solo_depth: int = 64
     # Steal from peers (and let them steal from us). Off, every request runs
     # where it entered, or waits there for a holder of its model to take it.
     steal: bool = True
@@ -105,6 +108,7 @@ class Job(Generic[P]):
     request_id: str | None = None
     enqueued_at: float = 0.0
     started_at: float | None = None
+    crowded: bool = False  # started beyond the node's slots (see Scheduler)
     state: JobState = JobState.QUEUED
 
 

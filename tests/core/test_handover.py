@@ -158,6 +158,8 @@ def test_a_grant_carries_a_request_from_victim_to_thief() -> None:
     for s in (victim, thief):
         s.observe_service(M, 0.01)
     thief.peer_update("a", victim.load_summary(0.0), 0.0)
+    # The victim knows the thief too, so it keeps its queue stealable.
+    victim.peer_update("b", thief.load_summary(0.0), 0.0)
     for _ in range(4):
         victim.submit(
             model=M, payload=INPUTS, size_bytes=51, deadline=5.0, request_id=None, now=0.0

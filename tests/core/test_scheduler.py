@@ -65,7 +65,12 @@ def node(
     seed: int = 0,
     **config: Any,
 ) -> Scheduler[int]:
-    """A scheduler called ``name`` whose warm-up measured ``service`` for each model."""
+    """A scheduler called ``name`` whose warm-up measured ``service`` for each model.
+
+    Alone, a node hands the runtime ``solo_depth`` calls at once; these tests
+    are about queues, so by default a lone node keeps to its slots as well.
+    """
+    config.setdefault("solo_depth", slots)
     s: Scheduler[int] = Scheduler(
         node_id=f"id-{name}",
         name=name,
@@ -1102,3 +1107,22 @@ def test_every_request_is_answered_exactly_once_as_peers_die(seed: int, dying: i
     assert not mesh.errors
     assert len(mesh.submitted) > 600 and len(mesh.dead) == dying
     assert mesh.counter("requeued") > 0  # some died holding requests
+
+
+def test_a_node_nobody_could_help_hands_the_runtime_more_at_once() -> None:
+    alone = node("a", slots=2, solo_depth=8)
+    runs = only(submit(alone, 10)[1], RunLocal)
+    assert len(runs) == 8  # no peer could steal: the runtime gets a deep queue
+    assert alone.queued() == 2
+    helped = node("b", slots=2, solo_depth=8)
+    gossip(helped, node("c"))
+    assert len(only(submit(helped, 10)[1], RunLocal)) == 2  # the rest stays stealable
+
+
+def test_calls_started_beyond_the_slots_do_not_count_as_service_time() -> None:
+    alone = node("a", slots=1, solo_depth=4, service=0.01)
+    jobs = [r.job for r in only(submit(alone, 4)[1], RunLocal)]
+    # The last waited behind three others inside the runtime: 40 ms is not its speed.
+    alone.finished(jobs[0], took_s=0.01, now=0.01)
+    alone.finished(jobs[3], took_s=0.04, now=0.04)
+    assert alone.service_s(M) == pytest.approx(0.01)
