@@ -202,8 +202,9 @@ class WorkSharing:
         """Own ``request`` until it is answered: here, by a thief, or with an error."""
         now = self._now()
         deadline = None if request.deadline_ms is None else now + request.deadline_ms / 1000
-        if request.model in self.scheduler.models:
-            # Checked here, at the door, so a bad request never travels.
+        if request.model in self.scheduler.models and self.scheduler.shares_work():
+            # Checked at the door, so that a bad request never travels to a
+            # thief. (Alone, the runtime's own check says the same, once.)
             self._runtime.check_inputs(request.model, request.inputs)
         seq, actions = self.scheduler.submit(
             model=request.model,

@@ -620,6 +620,10 @@ class Scheduler(Generic[P]):
             actions += self._nudges(now)
         return actions
 
+    def shares_work(self) -> bool:
+        """Whether a request queued here now could be run by a peer."""
+        return self._could_be_helped()
+
     def _could_be_helped(self) -> bool:
         """Whether stealing is on and some peer runs a model we run."""
         if not self.config.steal:
