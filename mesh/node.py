@@ -29,9 +29,9 @@ from mesh.core.adverts import Advert
 from mesh.core.auth import mesh_id
 from mesh.core.codec import encode_tensors
 from mesh.core.handover import CANCEL, HANDOFF, NUDGE, RESULT, STEAL
+from mesh.core.jobs import SchedulerConfig
 from mesh.core.peers import Load, ModelHolding
 from mesh.core.requests import parse_infer
-from mesh.core.scheduler import SchedulerConfig
 from mesh.discovery import MdnsDiscovery
 from mesh.errors import BadRequest, MeshError
 from mesh.membership import GOSSIP, MeshMembership, SelfInfo

@@ -43,9 +43,7 @@ from mesh.core.handover import (
     parse_result,
     parse_steal_ask,
 )
-from mesh.core.peers import Load
-from mesh.core.requests import InferRequest
-from mesh.core.scheduler import (
+from mesh.core.jobs import (
     Abort,
     Action,
     Cancel,
@@ -56,12 +54,13 @@ from mesh.core.scheduler import (
     PeerLoad,
     Reply,
     RunLocal,
-    Scheduler,
     SchedulerConfig,
     SendResult,
     Steal,
-    snapshot,
 )
+from mesh.core.peers import Load
+from mesh.core.requests import InferRequest
+from mesh.core.scheduler import Scheduler, snapshot
 from mesh.errors import InternalError, MeshError
 from mesh.rpc import RpcConnection
 from mesh.runtime import Runtime, RuntimeCall

@@ -27,8 +27,8 @@ import numpy as np
 
 from mesh.core.codec import decode_tensors, encode_tensors
 from mesh.core.gossip import MAX_MODELS, MAX_SECONDS, MAX_SLOTS, MAX_TEXT
+from mesh.core.jobs import Job, PeerLoad, StealAsk
 from mesh.core.models import check_model_name
-from mesh.core.scheduler import Job, PeerLoad, StealAsk
 from mesh.errors import BadRequest, MeshError, error_from_wire
 
 __all__ = [

@@ -60,25 +60,7 @@ from mesh.errors import DeadlineExceeded, ModelNotFound
 
 P = TypeVar("P")
 
-__all__ = [
-    "Abort",
-    "Action",
-    "Cancel",
-    "Handoff",
-    "Job",
-    "JobKey",
-    "JobState",
-    "Nudge",
-    "PeerLoad",
-    "Reply",
-    "RunLocal",
-    "Scheduler",
-    "SchedulerConfig",
-    "SendResult",
-    "Steal",
-    "StealAsk",
-    "snapshot",
-]
+__all__ = ["Scheduler", "snapshot"]
 
 
 @dataclass(slots=True)

@@ -34,15 +34,15 @@ from mesh.core.handover import (
     parse_result,
     parse_steal_ask,
 )
-from mesh.core.scheduler import (
+from mesh.core.jobs import (
     Job,
     PeerLoad,
     RunLocal,
-    Scheduler,
     SchedulerConfig,
     Steal,
     StealAsk,
 )
+from mesh.core.scheduler import Scheduler
 from mesh.errors import (
     BadRequest,
     DeadlineExceeded,

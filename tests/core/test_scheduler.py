@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mesh.core.scheduler import (
+from mesh.core.jobs import (
     Abort,
     Action,
     Cancel,
@@ -36,12 +36,12 @@ from mesh.core.scheduler import (
     PeerLoad,
     Reply,
     RunLocal,
-    Scheduler,
     SchedulerConfig,
     SendResult,
     Steal,
     StealAsk,
 )
+from mesh.core.scheduler import Scheduler
 from mesh.errors import ConfigError, DeadlineExceeded, MeshError, ModelNotFound
 
 M = "digits-small"  # the model every node holds
