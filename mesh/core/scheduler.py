@@ -141,7 +141,7 @@ class Scheduler(Generic[P]):
 
     def observe_service(self, model: str, took_s: float) -> None:
         """A measured service time for ``model`` here (a warm-up call, say)."""
-        self._observe_service(model, took_s)
+        self._service[model] = _ewma(self._service.get(model), took_s)
 
     def measured(self) -> dict[str, float]:
         """Every measured service time, for gossip."""
@@ -257,7 +257,7 @@ class Scheduler(Generic[P]):
         self._foreign.pop(job.key, None)
         job.state = JobState.GONE
         if took_s is not None and not job.crowded:
-            self._observe_service(job.model, took_s)
+            self.observe_service(job.model, took_s)
         actions: list[Action] = []
         if job.key[0] == self.node_id:
             owned = self._owned.get(job.key[1])
@@ -566,7 +566,7 @@ class Scheduler(Generic[P]):
         """Start what can start; then, idle, steal; or, loaded, nudge."""
         actions: list[Action] = []
         limit = self.config.slots
-        if not self._could_be_helped():
+        if not self.shares_work():
             # Nobody could take queued work off us, so keeping it stealable
             # buys nothing: hand the runtime more at once, so that its threads
             # go from one call to the next without a round trip through the
@@ -603,11 +603,8 @@ class Scheduler(Generic[P]):
         return actions
 
     def shares_work(self) -> bool:
-        """Whether a request queued here now could be run by a peer."""
-        return self._could_be_helped()
-
-    def _could_be_helped(self) -> bool:
-        """Whether stealing is on and some peer runs a model we run."""
+        """Whether a request queued here now could be run by a peer: stealing
+        is on and some peer runs a model we run."""
         if not self.config.steal:
             return False
         return any(
@@ -787,12 +784,6 @@ class Scheduler(Generic[P]):
             started = job.started_at if job.started_at is not None else now
             left += max(0.0, started + self._estimate(job.model) - now)
         return left
-
-    def _observe_service(self, model: str, took_s: float) -> None:
-        previous = self._service.get(model)
-        self._service[model] = (
-            took_s if previous is None else previous + _EWMA_WEIGHT * (took_s - previous)
-        )
 
     def _observe_link(self, peer: _Peer, reply_bytes: int, took_s: float) -> None:
         if reply_bytes < _SMALL_REPLY_BYTES or peer.rtt_s is None:
