@@ -178,14 +178,10 @@ def _port(key: str, value: object) -> int:
 
 
 def _positive_float(key: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}") from None
-    if not 0 < number < float("inf"):
-        raise ConfigError(f"{key} must be a positive number of seconds, got {value!r}")
+    expected = "a positive number of seconds"
+    number = _number(key, value, expected)
+    if number <= 0:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
     return number
 
 

@@ -127,7 +127,6 @@ class WorkSharing:
         self.name = name
         self.node_id = node_id
         self._runtime = runtime
-        self._emulation = emulation
         self._device = None if emulation is None else _EmulatedDevice(emulation, config.slots)
         self._link = link
         models = {spec.name: spec.sha256 for spec in runtime.specs()}
@@ -287,10 +286,8 @@ class WorkSharing:
         return self.scheduler.load_summary(self._now())
 
     def status(self) -> dict[str, Any]:
-        return {
-            **snapshot(self.scheduler, self._now()),
-            "emulation": None if self._emulation is None else self._emulation.to_status(),
-        }
+        """The scheduler's figures for ``status()`` (emulation is the node's to report)."""
+        return snapshot(self.scheduler, self._now())
 
     # --- carrying out decisions ----------------------------------------------------
 
