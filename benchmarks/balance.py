@@ -103,12 +103,12 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 from machine_info import machine, machine_line
 from rpc_overhead import direct_session
+from stoppable import run_stoppable
 
 from mesh.client import MeshClient
 from mesh.demo import load_test_digits, start_node_process, stop_process
@@ -1207,10 +1207,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def _names(allowed: dict[str, Any]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         names = [x.strip() for x in text.split(",") if x.strip()]
@@ -1263,12 +1259,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sizes must be between 2 and 64 nodes")
     if args.requests < 1 or args.service_ms <= 0:
         parser.error("--requests and --service-ms must be positive")
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; every process this benchmark started was stopped", file=sys.stderr)
-        return 130
+    return run_stoppable(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -60,11 +60,11 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 from machine_info import machine, machine_line
+from stoppable import run_stoppable
 
 from mesh.client import MeshClient
 from mesh.demo import node_command
@@ -677,10 +677,6 @@ def configurations(sizes: list[int], profiles: list[str], mdns_max: int) -> Iter
             yield Config(nodes, profile, "peer")
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     info = machine(("onnxruntime", "msgpack", "zeroconf"))
     print("edgemesh membership benchmark: real node processes on 127.0.0.1, a fresh mesh key each")
@@ -771,12 +767,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(p not in PROFILES for p in args.profiles):
         parser.error(f"--profiles must be among {', '.join(PROFILES)}")
     args.kills = max(0, min(args.kills, min(args.sizes) - 1))
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("interrupted; every process this benchmark started was stopped", file=sys.stderr)
-        return 130
+    return run_stoppable(lambda: run(args))
 
 
 if __name__ == "__main__":

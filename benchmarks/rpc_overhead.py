@@ -53,12 +53,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from machine_info import machine, machine_line
+from stoppable import run_stoppable
 
 from mesh.client import MeshClient
 from mesh.config import RpcConfig, RuntimeConfig, bundled_models_dir
@@ -892,10 +892,6 @@ def print_verdicts(items: list[Verdict]) -> None:
 # --- main ---------------------------------------------------------------------------------
 
 
-def _interrupt(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(counts: Counts, json_path: Path | None) -> int:
     started = time.monotonic()
     info = machine(("onnxruntime", "numpy", "msgpack", "grpcio"))
@@ -969,12 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve is not None:
         serve(args.serve[0], Path(args.serve[1]))
         return 0
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return run(Counts.make(args.quick), args.json)
-    except KeyboardInterrupt:
-        print("interrupted; every process this benchmark started was stopped", file=sys.stderr)
-        return 130
+    return run_stoppable(lambda: run(Counts.make(args.quick), args.json))
 
 
 if __name__ == "__main__":
