@@ -162,10 +162,13 @@ class WorkSharing:
             }
             started = self._loop.time()
             try:
-                await self._execute(spec.name, inputs, arrived=started)
+                await self._runtime.infer(spec.name, inputs)
             except MeshError as exc:
                 log.info("no warm-up for %s: %s", spec.name, exc.message)
                 continue
+            end = self._emulated_end(started)
+            if end is not None:
+                await asyncio.sleep(end - self._loop.time())
             self.scheduler.observe_service(spec.name, self._loop.time() - started)
 
     async def run(self) -> None:
@@ -388,12 +391,19 @@ class WorkSharing:
         else:
             log.error("model %s failed unexpectedly", job.model, exc_info=error)
             outcome = InternalError(f"model '{job.model}' failed; see the node's log")
-        if self._device is not None:
-            end = self._device.finish_at(job.enqueued_at)
-            if end > self._loop.time():
-                self._pads[job.key] = self._loop.call_at(end, self._complete, job, outcome)
-                return
+        end = self._emulated_end(job.enqueued_at)
+        if end is not None:
+            self._pads[job.key] = self._loop.call_at(end, self._complete, job, outcome)
+            return
         self._complete(job, outcome)
+
+    def _emulated_end(self, arrived: float) -> float | None:
+        """When an emulated device would end a call that arrived at ``arrived``;
+        None when the node emulates nothing or that time has already come."""
+        if self._device is None:
+            return None
+        end = self._device.finish_at(arrived)
+        return end if end > self._loop.time() else None
 
     def _complete(self, job: Job[Tensors], outcome: Outcome) -> None:
         self._calls.pop(job.key, None)
@@ -411,15 +421,6 @@ class WorkSharing:
         pad = self._pads.pop(job.key, None)
         if pad is not None:
             pad.cancel()
-
-    async def _execute(self, model: str, inputs: Tensors, *, arrived: float) -> Tensors:
-        """Run one call; on an emulated device, padded to end when that device would."""
-        outputs = await self._runtime.infer(model, inputs)
-        if self._device is not None:
-            pad = self._device.finish_at(arrived) - self._loop.time()
-            if pad > 0:
-                await asyncio.sleep(pad)
-        return outputs
 
     def _send_result(self, job: Job[Tensors], outcome: Outcome) -> None:
         self._notify(
