@@ -15,17 +15,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import heapq
 import logging
-import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from mesh.config import Emulation
+from mesh.core.emulation import EmulatedDevice
 from mesh.core.handover import (
     CANCEL,
     HANDOFF,
@@ -64,8 +62,9 @@ from mesh.core.scheduler import Scheduler, snapshot
 from mesh.errors import InternalError, MeshError
 from mesh.rpc import RpcConnection
 from mesh.runtime import Runtime, RuntimeCall
+from mesh.service import Answer
 
-__all__ = ["Answer", "WorkSharing"]
+__all__ = ["WorkSharing"]
 
 log = logging.getLogger(__name__)
 
@@ -74,40 +73,6 @@ log = logging.getLogger(__name__)
 _STEAL_TIMEOUT_S = 5.0
 # Shape used for a dynamic dimension in the warm-up call.
 _WARMUP_DIM = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What a request produced, and where it ran."""
-
-    outputs: Tensors
-    ran_on: str
-
-
-class _EmulatedDevice:
-    """When each call on an emulated device ends: ``service_s`` after it starts.
-
-    A device with an exact service time starts a call when both the call
-    is there and one of its slots is free, and ends it ``service_s`` later.
-    So a call that was waiting here starts when the slot's previous call was
-    due to end, not when this loop got round to it: a sleep wakes a little
-    late (timer granularity, a busy loop), and that lateness must not add
-    up call after call, or the device would run slower than the speed it
-    emulates. A call that finds the device idle starts when it arrived, so
-    time without work is never made up.
-    """
-
-    def __init__(self, emulation: Emulation, slots: int) -> None:
-        self._service_s = emulation.service_s
-        self._slot_ends = [-math.inf] * slots
-
-    def finish_at(self, arrived: float) -> float:
-        ends = self._slot_ends
-        # The slot that came free first is the one this call took.
-        start = max(arrived, heapq.heappop(ends))
-        end = start + self._service_s
-        heapq.heappush(ends, end)
-        return end
 
 
 class WorkSharing:
@@ -127,7 +92,9 @@ class WorkSharing:
         self.name = name
         self.node_id = node_id
         self._runtime = runtime
-        self._device = None if emulation is None else _EmulatedDevice(emulation, config.slots)
+        self._device = (
+            None if emulation is None else EmulatedDevice(emulation.service_s, config.slots)
+        )
         self._link = link
         models = {spec.name: spec.sha256 for spec in runtime.specs()}
         self.scheduler: Scheduler[Tensors] = Scheduler(

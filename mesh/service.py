@@ -1,0 +1,51 @@
+"""What an inference front end needs from whatever answers it.
+
+The HTTP API (:mod:`mesh.http_api`) serves the Open Inference Protocol on
+top of an :class:`InferenceService`. A node implements it by sending each
+request through its scheduler (the mesh, then the gateway); the gateway
+implements it with onnxruntime or by forwarding to an upstream V2 server.
+The front end never needs to know which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mesh.core.handover import Tensors
+from mesh.core.models import ModelSpec
+from mesh.core.requests import InferRequest
+
+__all__ = ["Answer", "InferenceService"]
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a request produced, and where it ran (a node's name, or ``"gateway"``)."""
+
+    outputs: Tensors
+    ran_on: str
+
+
+class InferenceService(Protocol):
+    """The serving side of an Open Inference Protocol endpoint."""
+
+    @property
+    def server_name(self) -> str:
+        """Reported by ``GET /v2`` (``"edgemesh"``)."""
+        ...
+
+    @property
+    def server_version(self) -> str: ...
+
+    def ready(self) -> bool:
+        """Whether requests can be served now (``/v2/health/ready``)."""
+        ...
+
+    async def model_metadata(self, name: str) -> ModelSpec:
+        """The signature of ``name``; ModelNotFound when nothing here can serve it."""
+        ...
+
+    async def infer(self, request: InferRequest) -> Answer:
+        """Answer ``request`` or raise a MeshError saying why not."""
+        ...
