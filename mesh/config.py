@@ -129,6 +129,54 @@ class WorkConfig:
 
 
 @dataclass(frozen=True)
+class HttpConfig:
+    """The Open Inference Protocol (V2 REST) endpoint of a node or the gateway."""
+
+    # None serves no HTTP (a node's default); 0 picks a free port.
+    port: int | None = None
+    # Largest request body accepted; a bigger one is refused with 413.
+    max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """When a node stops sending to a failing gateway, and how it probes it."""
+
+    # Consecutive failures (no answer, a timeout, a 5xx other than 503,
+    # garbage) that open the circuit.
+    failure_threshold: int = 3
+    # How long the circuit stays open before the first probe; doubled after
+    # each failed probe up to max_open_s.
+    open_s: float = 1.0
+    max_open_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GatewayClientConfig:
+    """How a node reaches its cloud gateway (any Open Inference Protocol server)."""
+
+    url: str
+    # A request without a deadline waits at most this long for the gateway.
+    timeout_s: float = 30.0
+    # Requests sent to the gateway at once; beyond this a request that
+    # needs the gateway is refused with Overloaded instead of piling up.
+    max_in_flight: int = 256
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+
+
+@dataclass(frozen=True)
+class FallbackConfig:
+    """When a node sends a request to the gateway instead of the mesh."""
+
+    # Deadline of a request that gives none: the mesh must be able to
+    # finish it within this, or it goes to the gateway.
+    default_deadline_ms: float = 1000.0
+    # Requests queued on this node (its own and others') at most; a request
+    # arriving at a full queue goes to the gateway, or is refused.
+    queue_cap: int = 1024
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything one ``edgemesh node`` needs."""
 
@@ -142,6 +190,10 @@ class NodeConfig:
     rpc: RpcConfig = field(default_factory=RpcConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     work: WorkConfig = field(default_factory=WorkConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    # The cloud gateway; None keeps every request in the mesh.
+    gateway: GatewayClientConfig | None = None
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
     # Written as JSON once the node listens, for scripts and supervisors.
     ready_file: Path | None = None
     log_level: str = "info"

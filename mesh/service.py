@@ -10,10 +10,9 @@ The front end never needs to know which.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from mesh.core.handover import Tensors
-from mesh.core.models import ModelSpec
 from mesh.core.requests import InferRequest
 
 __all__ = ["Answer", "InferenceService"]
@@ -42,8 +41,12 @@ class InferenceService(Protocol):
         """Whether requests can be served now (``/v2/health/ready``)."""
         ...
 
-    async def model_metadata(self, name: str) -> ModelSpec:
-        """The signature of ``name``; ModelNotFound when nothing here can serve it."""
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """The V2 metadata object of ``name`` (``{"name", "versions", "platform",
+        "inputs", "outputs"}``); ModelNotFound when nothing here can serve it.
+
+        A model is ready exactly when its metadata can be given.
+        """
         ...
 
     async def infer(self, request: InferRequest) -> Answer:
