@@ -87,6 +87,8 @@ class Load:
     queued_s: float
     free_slots: int
     role: str
+    # Requests it runs at once (optional on the wire: one when absent).
+    slots: int = 1
 
     def has_model(self, name: str) -> bool:
         return any(m.name == name for m in self.models)
@@ -98,6 +100,7 @@ class Load:
             "queued_s": self.queued_s,
             "free_slots": self.free_slots,
             "role": self.role,
+            "slots": self.slots,
         }
 
 
@@ -213,6 +216,7 @@ def _load(value: object) -> Load:
         queued_s=_seconds(_get(body, "queued_s", "load."), "load.queued_s"),
         free_slots=_int(_get(body, "free_slots", "load."), "load.free_slots", 0, MAX_SLOTS),
         role=role,
+        slots=_int(body.get("slots", 1), "load.slots", 1, MAX_SLOTS),
     )
 
 

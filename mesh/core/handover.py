@@ -225,6 +225,7 @@ def encode_grant(jobs: list[Job[Tensors]], load: PeerLoad, now: float) -> dict[s
             "service_s": dict(load.service_s),
             "queued_s": load.queued_s,
             "free_slots": load.free_slots,
+            "slots": load.slots,
         },
     }
 
@@ -248,6 +249,7 @@ def parse_grant(reply: object, now: float) -> tuple[list[Job[Tensors]], PeerLoad
         service_s=_service("steal reply: load.service_s", load["service_s"]),
         queued_s=_seconds("steal reply: load.queued_s", load["queued_s"]),
         free_slots=_count("steal reply: load.free_slots", load["free_slots"], MAX_SLOTS),
+        slots=max(1, _count("steal reply: load.slots", load.get("slots", 1), MAX_SLOTS)),
     )
 
 

@@ -73,10 +73,19 @@ class SchedulerConfig:
     # After a victim had nothing for us, leave it alone this long (or until
     # its gossip says it has work again).
     steal_backoff_s: float = 0.05
+    # Fallback (see mesh.core.capacity): requests queued here at most before
+    # new ones go to the gateway, and the share of a deadline kept as slack
+    # for estimates that are a gossip period old.
+    queue_cap: int = 1024
+    deadline_headroom: float = 0.1
 
     def __post_init__(self) -> None:
         if self.slots < 1:
             raise ConfigError(f"scheduler slots must be >= 1, got {self.slots}")
+        if self.queue_cap < 1:
+            raise ConfigError(f"queue_cap must be >= 1, got {self.queue_cap}")
+        if not 0 <= self.deadline_headroom < 1:
+            raise ConfigError(f"deadline_headroom must be in [0, 1), got {self.deadline_headroom}")
         if self.max_moves < 0:
             raise ConfigError(f"max_moves must be >= 0, got {self.max_moves}")
         for name in ("default_service_s", "default_rtt_s", "default_bandwidth_bps"):
@@ -122,6 +131,8 @@ class PeerLoad:
     # running work, seconds per slot (gossip's "queued_s").
     queued_s: float
     free_slots: int
+    # Requests it runs at once (older peers do not say: one).
+    slots: int = 1
 
 
 @dataclass(frozen=True, slots=True)

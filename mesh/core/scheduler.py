@@ -39,6 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from mesh.core.capacity import Capacity, Placement, place, water_level
 from mesh.core.jobs import (
     Abort,
     Action,
@@ -173,6 +174,10 @@ class Scheduler(Generic[P]):
         """Time until a job queued now could start here."""
         return self.queued_s() + self._running_left_s(now) / self.config.slots
 
+    def holders(self, model: str) -> list[str]:
+        """Peers that run ``model``, as gossip last said."""
+        return self._holders(model, None)
+
     def holds(self, seq: int) -> bool:
         return seq in self._owned
 
@@ -197,6 +202,50 @@ class Scheduler(Generic[P]):
 
     # --- requests entering here ---------------------------------------------
 
+    def placement(self, model: str, deadline: float | None, now: float) -> Placement:
+        """Whether a new request for ``model`` stays in the mesh (see mesh.core.capacity).
+
+        Its holders are this node, when the model runs here, and, when work
+        is shared, every peer that runs the same model: they would all drain
+        this node's queue for it, each from when it is free.
+        """
+        sha = self._models.get(model)
+        holders: list[Capacity] = []
+        if sha is not None:
+            # Queued work for other models also stands before ours here.
+            other = sum(
+                n * self._estimate(m) for m, n in self._queued_count.items() if n and m != model
+            )
+            holders.append(
+                Capacity(
+                    name=self.name,
+                    free_in_s=(self._running_left_s(now) + other) / self.config.slots,
+                    slots=self.config.slots,
+                    service_s=self._estimate(model),
+                )
+            )
+        if self.config.steal:
+            for name in self._holders(model, sha):
+                peer = self._peers[name]
+                load = peer.load
+                holders.append(
+                    Capacity(
+                        name=name,
+                        free_in_s=max(load.queued_s, peer.busy_until - now) + self._rtt_s(peer),
+                        slots=load.slots,
+                        service_s=load.service_s.get(model) or self._estimate(model),
+                    )
+                )
+        return place(
+            model=model,
+            remaining_s=None if deadline is None else deadline - now,
+            holders=holders,
+            ahead=self._queued_count[model],
+            queued=self.queued(),
+            queue_cap=self.config.queue_cap,
+            headroom=self.config.deadline_headroom,
+        )
+
     def submit(
         self,
         *,
@@ -210,6 +259,7 @@ class Scheduler(Generic[P]):
         """Take ownership of a new request; its seq, and what to do.
 
         Raises ModelNotFound when neither this node nor any peer holds ``model``.
+        Ask :meth:`placement` first for whether it should stay in the mesh.
         """
         sha = self._models.get(model)
         if sha is None and not (self.config.steal and self._holders(model, None)):
@@ -310,6 +360,7 @@ class Scheduler(Generic[P]):
                 service_s=load.service_s,
                 queued_s=max(load.queued_s, peer.busy_until - now),
                 free_slots=min(load.free_slots, peer.load.free_slots),
+                slots=load.slots,
             )
         else:
             peer.load = load
@@ -489,6 +540,7 @@ class Scheduler(Generic[P]):
             service_s=peer.load.service_s,
             queued_s=wait,
             free_slots=0,
+            slots=peer.load.slots,
         )
 
     def load_summary(self, now: float) -> PeerLoad:
@@ -498,6 +550,7 @@ class Scheduler(Generic[P]):
             service_s=self.measured(),
             queued_s=self.wait_s(now),
             free_slots=self.free_slots(),
+            slots=self.config.slots,
         )
 
     # --- time -----------------------------------------------------------------
@@ -744,7 +797,7 @@ class Scheduler(Generic[P]):
                 continue
             service = load.service_s.get(model) or theirs
             others.append((load.queued_s, max(1, load.free_slots) / service))
-        level = _water_level([thief, *others], len(candidates))
+        level = water_level([thief, *others], len(candidates))
         wait, rate = thief
         return max(1, round((level - wait) * rate)) if level > wait else 0
 
@@ -941,28 +994,6 @@ _SMALL_REPLY_BYTES = 16 * 1024
 
 def _ewma(previous: float | None, sample: float) -> float:
     return sample if previous is None else previous + _EWMA_WEIGHT * (sample - previous)
-
-
-def _water_level(participants: list[tuple[float, float]], jobs: int) -> float:
-    """The finish time T at which ``jobs`` fill every participant up to T.
-
-    Each participant is (busy until, jobs per second); one busy until ``w``
-    with rate ``r`` takes ``(T - w) * r`` jobs when ``T > w``.
-    """
-    ordered = sorted(participants)
-    rate = 0.0
-    filled = 0.0  # jobs taken below the current level
-    level = ordered[0][0]
-    for index, (wait, r) in enumerate(ordered):
-        if index:
-            # Raise the level to this participant's start, if the jobs last.
-            step = (wait - level) * rate
-            if filled + step >= jobs:
-                return level + (jobs - filled) / rate
-            filled += step
-            level = wait
-        rate += r
-    return level + (jobs - filled) / rate
 
 
 def snapshot(scheduler: Scheduler[Any], now: float) -> dict[str, Any]:

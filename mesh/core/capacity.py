@@ -1,0 +1,129 @@
+"""What the mesh can finish in time, and when a request goes to the gateway instead.
+
+Pure estimates over figures the scheduler already keeps (its own queue, its
+peers' gossiped load). :func:`place` is the fallback rule of DESIGN.md: a
+request stays in the mesh when some node holds its model, the entry node's
+queue is under its cap, and the holders together would finish it within its
+deadline; otherwise it goes to the cloud gateway (or, with none, is refused
+at once with the reason). :func:`water_level` is the shared arithmetic: how
+long a number of requests takes when every helper works until the same
+moment, each at its own speed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Capacity", "Placement", "place", "water_level"]
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """One node that could run the request's model."""
+
+    name: str
+    # Seconds until it could start on work from the entry node's queue.
+    free_in_s: float
+    slots: int
+    # Its service time for the model, seconds per request and slot.
+    service_s: float
+
+    @property
+    def rate(self) -> float:
+        """Requests per second it completes with every slot busy."""
+        return self.slots / self.service_s
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a new request should go, and why."""
+
+    offload: bool
+    # Why it leaves the mesh ("" when it stays): said to the client when
+    # nothing can take it.
+    reason: str = ""
+    # No live node holds the model (the client may prefer ModelNotFound).
+    no_holder: bool = False
+    # The mesh's estimated finish, seconds from now (None: not estimated).
+    finish_s: float | None = None
+
+
+STAY = Placement(offload=False)
+
+
+def place(
+    *,
+    model: str,
+    remaining_s: float | None,
+    holders: Sequence[Capacity],
+    ahead: int,
+    queued: int,
+    queue_cap: int,
+    headroom: float,
+) -> Placement:
+    """Whether a request for ``model`` stays in the mesh.
+
+    ``holders`` are the nodes that could run it, ``ahead`` the requests for
+    the same model already queued where it would queue, ``queued`` all
+    requests queued there, and ``remaining_s`` the time left to its deadline
+    (None: no deadline). ``headroom`` is the share of that time kept as
+    slack for estimates that are a gossip period old.
+    """
+    if not holders:
+        return Placement(
+            offload=True, no_holder=True, reason=f"no node in the mesh serves model '{model}'"
+        )
+    if queued >= queue_cap:
+        return Placement(
+            offload=True,
+            reason=f"{queued} requests are already queued on this node (its cap is {queue_cap})",
+        )
+    if remaining_s is None:
+        return STAY
+    finish = finish_s(holders, ahead)
+    if finish > remaining_s * (1.0 - headroom):
+        nodes = "1 node serves" if len(holders) == 1 else f"{len(holders)} nodes serve"
+        return Placement(
+            offload=True,
+            finish_s=finish,
+            reason=(
+                f"the mesh would finish it in about {finish * 1000:.0f} ms ({nodes} "
+                f"'{model}'), past its deadline of {remaining_s * 1000:.0f} ms"
+            ),
+        )
+    return Placement(offload=False, finish_s=finish)
+
+
+def finish_s(holders: Sequence[Capacity], ahead: int) -> float:
+    """When a request queued behind ``ahead`` others would be done, in seconds.
+
+    The holders drain the queue together, each from when it is free, at its
+    own rate; ours is done once ``ahead + 1`` requests are. A request also
+    never finishes sooner than one service time on the quickest holder.
+    """
+    level = water_level([(h.free_in_s, h.rate) for h in holders], ahead + 1)
+    soonest = min(h.free_in_s + h.service_s for h in holders)
+    return max(level, soonest)
+
+
+def water_level(participants: Sequence[tuple[float, float]], jobs: float) -> float:
+    """The time T at which ``jobs`` fill every participant up to T.
+
+    Each participant is (busy until, jobs per second); one busy until ``w``
+    with rate ``r`` takes ``(T - w) * r`` jobs when ``T > w``.
+    """
+    ordered = sorted(participants)
+    rate = 0.0
+    filled = 0.0  # jobs taken below the current level
+    level = ordered[0][0]
+    for index, (wait, r) in enumerate(ordered):
+        if index:
+            # Raise the level to this participant's start, if the jobs last.
+            step = (wait - level) * rate
+            if filled + step >= jobs:
+                return level + (jobs - filled) / rate
+            filled += step
+            level = wait
+        rate += r
+    return level + (jobs - filled) / rate
