@@ -474,6 +474,12 @@ def emulated_flags(
             # A burst puts every request on one connection at once.
             "--max-in-flight-per-connection",
             str(max(1024, requests + 16)),
+            "--queue-cap",
+            str(max(1024, requests + 16)),
+            # These bursts measure balance, not admission: with no gateway,
+            # the mesh must take every request however long the burst lasts.
+            "--default-deadline-ms",
+            "3600000",
         ]
         if not steal:
             extra.append("--no-steal")

@@ -12,7 +12,7 @@ Every error raised on purpose is a :class:`MeshError`; see :mod:`mesh.errors`.
 """
 
 from mesh._version import __version__
-from mesh.client import Client, MeshClient, ModelInfo, TensorInfo
+from mesh.client import Client, Inference, MeshClient, ModelInfo, TensorInfo
 from mesh.errors import (
     AuthError,
     BadRequest,
@@ -41,6 +41,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "DeadlineExceeded",
+    "Inference",
     "InferenceFailed",
     "InternalError",
     "InvalidInput",

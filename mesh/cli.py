@@ -1,7 +1,8 @@
 """The ``edgemesh`` command line: argparse in, configuration out, then asyncio.run.
 
-Subcommands: ``node`` (run a node), ``infer``, ``models`` and ``status``
-(talk to a running node), ``demo`` (see it all work on this machine).
+Subcommands: ``node`` (run a node), ``gateway`` (run a cloud gateway),
+``infer``, ``models`` and ``status`` (talk to a running node), ``demo`` (see
+it all work on this machine).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import numpy as np
 
 from mesh._version import __version__
 from mesh.client import MeshClient, ModelInfo
-from mesh.config import DEFAULT_RPC_PORT, NodeConfig, load_node_config, mesh_key_from
+from mesh.config import (
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_RPC_PORT,
+    GatewayServerConfig,
+    NodeConfig,
+    load_gateway_config,
+    load_node_config,
+    mesh_key_from,
+)
 from mesh.errors import ConfigError, InvalidInput, MeshError
 from mesh.logs import configure_logging
 
@@ -163,6 +172,36 @@ def _parser() -> argparse.ArgumentParser:
         help="do not share work: run only what enters this node, and give none away",
     )
     node.add_argument(
+        "--http-port",
+        metavar="PORT",
+        help="also serve the Open Inference Protocol (KServe V2 REST) on this port "
+        "(0 picks a free port; default: no HTTP)",
+    )
+    node.add_argument(
+        "--gateway",
+        metavar="URL",
+        help="cloud gateway (any Open Inference Protocol server) for requests the mesh "
+        "cannot serve in time or at all (default: none; such requests get Overloaded)",
+    )
+    node.add_argument(
+        "--gateway-timeout",
+        metavar="SECONDS",
+        help="longest wait for the gateway when a request has no deadline (default: 30)",
+    )
+    node.add_argument(
+        "--default-deadline-ms",
+        metavar="MS",
+        help="for a request that gives no deadline: the mesh must be able to finish it "
+        "within this, or it goes to the gateway (or is refused); it is not dropped when "
+        "this passes (default: 2000)",
+    )
+    node.add_argument(
+        "--queue-cap",
+        metavar="N",
+        help="requests queued on this node at most before new ones go to the gateway "
+        "(default: 1024)",
+    )
+    node.add_argument(
         "--emulate-speed",
         metavar="F",
         help="for experiments: behave like a device F times as fast as the reference "
@@ -228,6 +267,7 @@ def _parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=32, metavar="N", help="requests in flight at once"
     )
     demo.set_defaults(command="demo", handler=_cmd_demo)
+    _add_gateway_parser(commands)
     return parser
 
 
@@ -272,6 +312,115 @@ async def _run_node(config: NodeConfig) -> None:
         loop.add_signal_handler(signum, node.stop)
     try:
         await node.run()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+# --- gateway ------------------------------------------------------------------
+
+
+def _add_gateway_parser(commands: Any) -> None:
+    gateway = commands.add_parser(
+        "gateway",
+        help="run a cloud gateway: an Open Inference Protocol (V2 REST) server",
+        description=(
+            "Run the cloud gateway nodes hand requests to when the mesh is saturated. "
+            "It serves the ONNX models of its model directories with onnxruntime, or, "
+            "with --upstream, forwards every request to another Open Inference Protocol "
+            "server (Triton, KServe, MLServer). Settings come from --config FILE, then "
+            "EDGEMESH_GATEWAY_* variables, then flags."
+        ),
+    )
+    gateway.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    gateway.add_argument("--name", help="the gateway's name in answers and logs (default: gateway)")
+    gateway.add_argument("--host", help="address to listen on (default: 0.0.0.0, every interface)")
+    gateway.add_argument(
+        "--port", help=f"HTTP port (default: {DEFAULT_GATEWAY_PORT}; 0 picks a free port)"
+    )
+    gateway.add_argument(
+        "--models",
+        action="append",
+        metavar="DIR",
+        help="a directory of .onnx models (repeatable; default: the bundled models)",
+    )
+    gateway.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="serve only this model (repeatable; default: every model found)",
+    )
+    gateway.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="forward every request to this Open Inference Protocol server "
+        "(http://host:port) instead of running models here",
+    )
+    gateway.add_argument(
+        "--upstream-timeout",
+        metavar="SECONDS",
+        help="longest wait for the upstream when a request has no deadline (default: 30)",
+    )
+    gateway.add_argument(
+        "--upstream-max-in-flight",
+        metavar="N",
+        help="requests sent upstream at once before 503 (default: 256)",
+    )
+    gateway.add_argument(
+        "--slots", metavar="N", help="requests run at once (default: one per executor thread)"
+    )
+    gateway.add_argument(
+        "--queue-cap",
+        metavar="N",
+        help="requests waiting for a slot before more are refused with 503 (default: 1024)",
+    )
+    gateway.add_argument(
+        "--emulate-service-ms",
+        metavar="MS",
+        help="for benchmarks: pad every call to MS milliseconds, so the gateway's capacity "
+        "is --slots / MS (the real model runs and its outputs are returned)",
+    )
+    gateway.add_argument(
+        "--intra-op-threads", metavar="N", help="onnxruntime threads per call (default: 1)"
+    )
+    gateway.add_argument(
+        "--per-model-concurrency",
+        metavar="N",
+        help="calls of one model running at once (default: CPU count)",
+    )
+    gateway.add_argument(
+        "--executor-threads", metavar="N", help="worker threads for all models (default: CPUs)"
+    )
+    gateway.add_argument(
+        "--max-body-bytes", metavar="N", help="largest request body, else 413 (default: 64 MiB)"
+    )
+    gateway.add_argument(
+        "--ready-file",
+        metavar="FILE",
+        help="write {name, host, http_port} as JSON here once listening",
+    )
+    _add_log_flags(gateway)
+    gateway.set_defaults(command="gateway", handler=_cmd_gateway)
+
+
+def _cmd_gateway(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    flags = {key: value for key, value in vars(args).items() if key not in {"config", "handler"}}
+    config = load_gateway_config(flags, environ, args.config)
+    configure_logging(config.log_level, config.log_format)
+    asyncio.run(_run_gateway(config))
+    return 0
+
+
+async def _run_gateway(config: GatewayServerConfig) -> None:
+    # Imported here so that client commands start fast, without onnxruntime.
+    from mesh.gateway_server import Gateway
+
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, gateway.stop)
+    try:
+        await gateway.run()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

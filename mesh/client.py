@@ -34,9 +34,17 @@ from mesh.core.codec import decode_tensors, encode_tensors
 from mesh.errors import ConfigError, InvalidInput, ProtocolError
 from mesh.rpc import RpcClient
 
-__all__ = ["Client", "MeshClient", "ModelInfo", "TensorInfo"]
+__all__ = ["Client", "Inference", "MeshClient", "ModelInfo", "TensorInfo"]
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """A request's outputs, and where it ran: a node's name, or ``"gateway"``."""
+
+    outputs: dict[str, NDArray[Any]]
+    ran_on: str
 
 
 @dataclass(frozen=True)
@@ -161,20 +169,54 @@ class MeshClient:
         """Run ``model`` on ``inputs`` (input name → array); outputs by name.
 
         ``deadline`` is how many seconds the node may take before giving up
-        with DeadlineExceeded; ``timeout`` how long this client waits for
-        the answer (the client's default when None).
+        with DeadlineExceeded (a node that cannot make it, even with its
+        gateway, refuses at once with Overloaded); ``timeout`` how long this
+        client waits for the answer (the client's default when None).
         """
+        reply = await self._infer(model, inputs, deadline, request_id, timeout, detail=False)
+        return self._outputs(reply)
+
+    async def infer_detailed(
+        self,
+        model: str,
+        inputs: Mapping[str, ArrayLike],
+        *,
+        deadline: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Inference:
+        """Like :meth:`infer`, and also say where the request ran."""
+        reply = await self._infer(model, inputs, deadline, request_id, timeout, detail=True)
+        if not isinstance(reply, dict) or not isinstance(reply.get("ran_on"), str):
+            raise ProtocolError("the node's detailed infer reply lacks 'ran_on'")
+        return Inference(outputs=self._outputs(reply.get("outputs")), ran_on=reply["ran_on"])
+
+    async def _infer(
+        self,
+        model: str,
+        inputs: Mapping[str, ArrayLike],
+        deadline: float | None,
+        request_id: str | None,
+        timeout: float | None,
+        *,
+        detail: bool,
+    ) -> Any:
         params: list[Any] = [model, _encode_inputs(inputs)]
         options: dict[str, Any] = {
             "request_id": request_id or f"{self._id_prefix}-{next(self._ids)}"
         }
         if deadline is not None:
             options["deadline_ms"] = deadline * 1000
+        if detail:
+            options["detail"] = True
         params.append(options)
         if timeout is None and deadline is not None:
             # Leave the node time to say it missed the deadline.
             timeout = max(deadline + 1.0, self._config.call_timeout_s)
-        reply = await self._rpc.call("infer", params, timeout=timeout)
+        return await self._rpc.call("infer", params, timeout=timeout)
+
+    @staticmethod
+    def _outputs(reply: object) -> dict[str, NDArray[Any]]:
         try:
             return decode_tensors(reply, what="outputs")
         except InvalidInput as exc:
@@ -272,6 +314,22 @@ class Client:
         """See :meth:`MeshClient.infer`."""
         return self._run(
             self._client.infer(
+                model, inputs, deadline=deadline, request_id=request_id, timeout=timeout
+            )
+        )
+
+    def infer_detailed(
+        self,
+        model: str,
+        inputs: Mapping[str, ArrayLike],
+        *,
+        deadline: float | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Inference:
+        """See :meth:`MeshClient.infer_detailed`."""
+        return self._run(
+            self._client.infer_detailed(
                 model, inputs, deadline=deadline, request_id=request_id, timeout=timeout
             )
         )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from mesh.core.addresses import parse_address
 from mesh.errors import ConfigError
@@ -168,9 +169,10 @@ class GatewayClientConfig:
 class FallbackConfig:
     """When a node sends a request to the gateway instead of the mesh."""
 
-    # Deadline of a request that gives none: the mesh must be able to
-    # finish it within this, or it goes to the gateway.
-    default_deadline_ms: float = 1000.0
+    # A request that gives no deadline must be one the mesh can finish
+    # within this, or it goes to the gateway (or is refused). It is not
+    # dropped when this passes: only a deadline the client gave expires.
+    default_deadline_ms: float = 2000.0
     # Requests queued on this node (its own and others') at most; a request
     # arriving at a full queue goes to the gateway, or is refused.
     queue_cap: int = 1024
@@ -343,6 +345,11 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "steal": _flag,
     "emulate_speed": _positive_number,
     "emulate_service_ms": _non_negative_number,
+    "http_port": _port,
+    "gateway": lambda key, value: check_gateway_url(key, value),
+    "gateway_timeout": _positive_float,
+    "default_deadline_ms": _positive_number,
+    "queue_cap": _positive_int,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
 }
@@ -391,6 +398,39 @@ def mesh_key_from(*, key_file: str | None, environ: Mapping[str, str]) -> bytes 
     return None
 
 
+def _resolve(
+    known: Mapping[str, Callable[[str, object], object]],
+    env_prefix: str,
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: Path | None,
+) -> dict[str, object]:
+    """Checked settings: the TOML file, then ``env_prefix``-variables, then flags.
+
+    Each value is checked by its parser in ``known``, which names where it
+    came from in any error; unknown TOML keys are refused (a typo must not
+    pass silently).
+    """
+    settings: dict[str, object] = {}
+    if config_file is not None:
+        table = read_toml(config_file)
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"config file {config_file}: unknown keys {unknown}; known: {', '.join(known)}"
+            )
+        for key, value in table.items():
+            settings[key] = known[key](f"{config_file}: {key}", value)
+    for key, parse in known.items():
+        env_name = env_prefix + key.upper()
+        if env_name in environ:
+            settings[key] = parse(env_name, environ[env_name])
+    for key, value in flags.items():
+        if value is not None and key in known:
+            settings[key] = known[key](f"--{key.replace('_', '-')}", value)
+    return settings
+
+
 def load_node_config(
     flags: Mapping[str, object],
     environ: Mapping[str, str],
@@ -400,24 +440,7 @@ def load_node_config(
 
     ``flags`` holds only the flags the user gave (None means not given).
     """
-    settings: dict[str, object] = {}
-    if config_file is not None:
-        table = read_toml(config_file)
-        unknown = sorted(set(table) - set(_NODE_SETTINGS))
-        if unknown:
-            raise ConfigError(
-                f"config file {config_file}: unknown keys {unknown}; "
-                f"known: {', '.join(NODE_SETTING_KEYS)}"
-            )
-        for key, value in table.items():
-            settings[key] = _NODE_SETTINGS[key](f"{config_file}: {key}", value)
-    for key, parse in _NODE_SETTINGS.items():
-        env_name = ENV_PREFIX + key.upper()
-        if env_name in environ:
-            settings[key] = parse(env_name, environ[env_name])
-    for key, value in flags.items():
-        if value is not None and key in _NODE_SETTINGS:
-            settings[key] = _NODE_SETTINGS[key](f"--{key.replace('_', '-')}", value)
+    settings = _resolve(_NODE_SETTINGS, ENV_PREFIX, flags, environ, config_file)
     return _build_node_config(settings, environ)
 
 
@@ -465,6 +488,12 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
     )
     defaults = NodeConfig()
     ready_file = settings.get("ready_file")
+    gateway = None
+    if "gateway" in settings:
+        gateway = GatewayClientConfig(
+            url=settings["gateway"],
+            timeout_s=settings.get("gateway_timeout", GatewayClientConfig.timeout_s),
+        )
     return NodeConfig(
         name=settings.get("name", defaults.name),
         host=settings.get("host", defaults.host),
@@ -474,6 +503,156 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         rpc=rpc,
         mesh=mesh,
         work=work,
+        http=HttpConfig(port=settings.get("http_port"), max_body_bytes=rpc.max_message_bytes),
+        gateway=gateway,
+        fallback=FallbackConfig(
+            default_deadline_ms=settings.get(
+                "default_deadline_ms", defaults.fallback.default_deadline_ms
+            ),
+            queue_cap=settings.get("queue_cap", defaults.fallback.queue_cap),
+        ),
+        ready_file=None if ready_file is None else Path(ready_file),
+        log_level=settings.get("log_level", defaults.log_level),
+        log_format=settings.get("log_format", defaults.log_format),
+    )
+
+
+# --- the gateway (`edgemesh gateway`) ---------------------------------------------
+
+DEFAULT_GATEWAY_PORT = 8000
+# The gateway's environment variables carry their own prefix, so a node and
+# a gateway started from one shell (EDGEMESH_PORT, ...) do not share settings.
+GATEWAY_ENV_PREFIX = "EDGEMESH_GATEWAY_"
+
+
+def check_gateway_url(key: str, value: object) -> str:
+    """An http(s) URL with a host, without a trailing slash; ConfigError otherwise."""
+    text = _text(key, value)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - parsing the port is what checks it
+    except ValueError as exc:
+        raise ConfigError(f"{key} is not a valid URL ({exc}): {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{key} must be an http:// or https:// URL with a host, "
+            f"like http://gateway.example:8000; got {value!r}"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{key} must not have a query or fragment, got {value!r}")
+    return text.rstrip("/")
+
+
+@dataclass(frozen=True)
+class GatewayServerConfig:
+    """Everything one ``edgemesh gateway`` needs.
+
+    Without ``upstream`` the gateway runs the models of ``runtime`` itself;
+    with it, it forwards every request to that Open Inference Protocol server
+    (Triton, KServe, MLServer) and loads no models.
+    """
+
+    name: str = "gateway"
+    # All interfaces by default: a cloud gateway exists to be reached.
+    host: str = "0.0.0.0"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    http: HttpConfig = field(default_factory=lambda: HttpConfig(port=DEFAULT_GATEWAY_PORT))
+    upstream: GatewayClientConfig | None = None
+    # Requests run at once; None means one per executor thread.
+    slots: int | None = None
+    # Requests waiting for a slot at most; one more is refused with 503.
+    queue_cap: int = 1024
+    # Pad every call to a known service time (benchmarks); None runs at full speed.
+    emulation: Emulation | None = None
+    # Written as JSON ({name, host, http_port}) once the gateway listens.
+    ready_file: Path | None = None
+    log_level: str = "info"
+    log_format: str = "text"
+
+
+def _non_negative_int(key: str, value: object) -> int:
+    number = _integer(key, value, "an integer >= 0")
+    if number < 0:
+        raise ConfigError(f"{key} must be an integer >= 0, got {value!r}")
+    return number
+
+
+_GATEWAY_SETTINGS: dict[str, Callable[[str, object], object]] = {
+    "name": _node_name,
+    "host": _text,
+    "port": _port,
+    "models": _string_list,
+    "model": _string_list,
+    "intra_op_threads": _positive_int,
+    "per_model_concurrency": _positive_int,
+    "executor_threads": _positive_int,
+    "max_body_bytes": _positive_int,
+    "upstream": check_gateway_url,
+    "upstream_timeout": _positive_float,
+    "upstream_max_in_flight": _positive_int,
+    "slots": _positive_int,
+    "queue_cap": _non_negative_int,
+    "emulate_service_ms": _non_negative_number,
+    "ready_file": _text,
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "log_format": _choice("text", "json"),
+}
+GATEWAY_SETTING_KEYS = tuple(_GATEWAY_SETTINGS)
+
+
+def load_gateway_config(
+    flags: Mapping[str, object],
+    environ: Mapping[str, str],
+    config_file: Path | None = None,
+) -> GatewayServerConfig:
+    """Resolve a GatewayServerConfig: defaults < TOML < EDGEMESH_GATEWAY_* < flags.
+
+    ``flags`` holds only the flags the user gave (None means not given).
+    """
+    settings = _resolve(_GATEWAY_SETTINGS, GATEWAY_ENV_PREFIX, flags, environ, config_file)
+    return _build_gateway_config(settings)
+
+
+def _build_gateway_config(settings: Mapping[str, Any]) -> GatewayServerConfig:
+    reference = RuntimeConfig()
+    runtime = RuntimeConfig(
+        model_dirs=tuple(Path(d).expanduser() for d in settings.get("models", ()))
+        or reference.model_dirs,
+        model_names=settings.get("model") or None,
+        intra_op_threads=settings.get("intra_op_threads", reference.intra_op_threads),
+        per_model_concurrency=settings.get(
+            "per_model_concurrency", reference.per_model_concurrency
+        ),
+        executor_threads=settings.get("executor_threads", reference.executor_threads),
+    )
+    http = HttpConfig(
+        port=settings.get("port", DEFAULT_GATEWAY_PORT),
+        max_body_bytes=settings.get("max_body_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+    )
+    upstream = None
+    if "upstream" in settings:
+        client = GatewayClientConfig(url=settings["upstream"])
+        upstream = GatewayClientConfig(
+            url=client.url,
+            timeout_s=settings.get("upstream_timeout", client.timeout_s),
+            max_in_flight=settings.get("upstream_max_in_flight", client.max_in_flight),
+        )
+    elif "upstream_timeout" in settings or "upstream_max_in_flight" in settings:
+        raise ConfigError("upstream_timeout and upstream_max_in_flight need an upstream URL")
+    emulation = None
+    if "emulate_service_ms" in settings:
+        emulation = Emulation(speed=1.0, service_ms=settings["emulate_service_ms"])
+    defaults = GatewayServerConfig()
+    ready_file = settings.get("ready_file")
+    return GatewayServerConfig(
+        name=settings.get("name", defaults.name),
+        host=settings.get("host", defaults.host),
+        runtime=runtime,
+        http=http,
+        upstream=upstream,
+        slots=settings.get("slots"),
+        queue_cap=settings.get("queue_cap", defaults.queue_cap),
+        emulation=emulation,
         ready_file=None if ready_file is None else Path(ready_file),
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),

@@ -85,17 +85,51 @@ def start_node_process(
     return process, port
 
 
-def _wait_ready(process: subprocess.Popen[bytes], ready: Path, log: Path, name: str) -> int:
-    """The node's port once it has written its ready file."""
+def start_gateway_process(
+    workdir: Path, *, port: int = 0, extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``edgemesh gateway`` on 127.0.0.1; returns it and its HTTP port."""
+    ready = workdir / "gateway.ready.json"
+    ready.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "mesh",
+        "gateway",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ready-file",
+        str(ready),
+        "--log-level",
+        "warning",
+        *(extra or []),
+    ]
+    log_file = (workdir / "gateway.log").open("ab")
+    process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    log_file.close()
+    try:
+        http_port = _wait_ready(process, ready, workdir / "gateway.log", "gateway", "http_port")
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, http_port
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes], ready: Path, log: Path, name: str, key: str = "rpc_port"
+) -> int:
+    """The port under ``key`` in the ready file, once the process has written it."""
     deadline = time.monotonic() + _READY_TIMEOUT_S
     while not ready.exists():
         if process.poll() is not None:
             output = log.read_text(errors="replace")
-            raise PeerUnavailable(f"node {name} exited with {process.returncode}:\n{output}")
+            raise PeerUnavailable(f"{name} exited with {process.returncode}:\n{output}")
         if time.monotonic() > deadline:
-            raise PeerUnavailable(f"node {name} did not start within {_READY_TIMEOUT_S:.0f} s")
+            raise PeerUnavailable(f"{name} did not start within {_READY_TIMEOUT_S:.0f} s")
         time.sleep(0.05)
-    return int(json.loads(ready.read_text())["rpc_port"])
+    return int(json.loads(ready.read_text())[key])
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

@@ -4,18 +4,25 @@
 returns only after all of it has stopped. The methods it serves:
 
 * ``infer(model, inputs[, options])`` → map of output name to tensor; the
-  request may run here or on a peer that steals it (see :mod:`mesh.work`)
+  request may run here, on a peer that steals it (see :mod:`mesh.work`), or
+  on the cloud gateway when the mesh cannot serve it in time (see
+  :mod:`mesh.fallback`)
 * ``models()`` → the models served, with their signatures
 * ``status()`` → identity, models and counters
 * ``ping()`` → ``"pong"``
 * ``hello(...)`` → the mesh-key handshake (handled in :mod:`mesh.rpc`)
 * between peers: ``steal`` and the ``gossip``, ``result``, ``handoff``,
   ``cancel`` and ``nudge`` notifications
+
+With ``--http-port`` the node also serves the Open Inference Protocol (V2
+REST, :mod:`mesh.http_api`); a request that comes in that way is routed
+exactly like an RPC one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -30,13 +37,19 @@ from mesh.core.auth import mesh_id
 from mesh.core.codec import encode_tensors
 from mesh.core.handover import CANCEL, HANDOFF, NUDGE, RESULT, STEAL
 from mesh.core.jobs import SchedulerConfig
+from mesh.core.models import ModelSpec
+from mesh.core.oip import model_metadata
 from mesh.core.peers import Load, ModelHolding
-from mesh.core.requests import parse_infer
+from mesh.core.requests import InferRequest, parse_infer
 from mesh.discovery import MdnsDiscovery
-from mesh.errors import BadRequest, MeshError
+from mesh.errors import BadRequest, MeshError, ModelNotFound
+from mesh.fallback import Fallback
+from mesh.gateway import GatewayClient
+from mesh.http_api import HttpServer
 from mesh.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.rpc import Methods, RpcConnection, RpcServer
 from mesh.runtime import Runtime
+from mesh.service import Answer
 from mesh.work import WorkSharing
 
 __all__ = ["Node"]
@@ -56,6 +69,10 @@ _WORK_COUNTERS = (
     "steals_empty",
     "nudges_sent",
 )
+# Routing's counters (mesh.fallback), likewise.
+_ROUTING_COUNTERS = ("offloaded", "served_by_gateway", "offload_failed", "refused")
+# A peer asked for a model's signature (for HTTP metadata) gets this long.
+_METADATA_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +99,9 @@ class Node:
         self._server: RpcServer | None = None
         self._membership: MeshMembership | None = None
         self._work: WorkSharing | None = None
+        self._fallback: Fallback | None = None
+        self._gateway: GatewayClient | None = None
+        self._http: HttpServer | None = None
         self._counters: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._in_flight = 0
@@ -101,6 +121,16 @@ class Node:
         if self._runtime is None:
             raise RuntimeError("the node has not loaded its models yet")
         return self._runtime
+
+    @property
+    def http_port(self) -> int | None:
+        """The Open Inference Protocol port, when the node serves HTTP and listens."""
+        return None if self._http is None else self._http.bound_port
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
 
     def stop(self) -> None:
         """Ask :meth:`run` to shut down; safe to call from a signal handler."""
@@ -137,6 +167,14 @@ class Node:
             hello_info=self._hello_info,
         )
         port = await self._server.start()
+        async with contextlib.AsyncExitStack() as stack:
+            if config.gateway is not None:
+                self._gateway = await stack.enter_async_context(GatewayClient(config.gateway))
+            await self._serve_on(port)
+
+    async def _serve_on(self, port: int) -> None:
+        config = self.config
+        assert self._server is not None
         work = self._work = WorkSharing(
             node_id=self.id,
             name=config.name,
@@ -145,6 +183,7 @@ class Node:
             emulation=config.work.emulation,
             link=self._link,
         )
+        self._fallback = Fallback(work, self._gateway, config.fallback)
         membership = self._membership = MeshMembership(
             me=SelfInfo(
                 name=config.name,
@@ -170,6 +209,11 @@ class Node:
             listening = asyncio.Event()
             started.append(tasks.create_task(self._server.serve(listening)))
             await listening.wait()
+            if config.http.port is not None:
+                self._http = HttpServer(_HttpFace(self), host=config.host, config=config.http)
+                http_listening = asyncio.Event()
+                started.append(tasks.create_task(self._http.serve(http_listening)))
+                await http_listening.wait()
             started.append(tasks.create_task(membership.run()))
             if config.mesh.mdns:
                 discovery = MdnsDiscovery(
@@ -190,7 +234,7 @@ class Node:
             id=self.id,
             version=__version__,
             rpc_port=port,
-            http_port=None,
+            http_port=self.http_port,
             role="node",
             mesh_id=self.mesh_id,
         )
@@ -198,11 +242,14 @@ class Node:
     def _scheduler_config(self) -> SchedulerConfig:
         work = self.config.work
         slots = work.slots or self.runtime.threads
+        queue_cap = self.config.fallback.queue_cap
         if work.emulation is not None:
             # An emulated device runs `slots` calls at once and no more; a
             # deeper hand-off would count waiting calls as running.
-            return SchedulerConfig(slots=slots, steal=work.steal, solo_depth=slots)
-        return SchedulerConfig(slots=slots, steal=work.steal)
+            return SchedulerConfig(
+                slots=slots, steal=work.steal, solo_depth=slots, queue_cap=queue_cap
+            )
+        return SchedulerConfig(slots=slots, steal=work.steal, queue_cap=queue_cap)
 
     def _link(self, name: str) -> RpcConnection | None:
         return None if self._membership is None else self._membership.link(name)
@@ -215,6 +262,7 @@ class Node:
             service_s=load.service_s,
             queued_s=load.queued_s,
             free_slots=load.free_slots,
+            slots=load.slots,
             role="node",
         )
 
@@ -236,7 +284,13 @@ class Node:
             self.mesh_id,
         )
         if config.ready_file is not None:
-            info = {"name": config.name, "id": self.id, "host": config.host, "rpc_port": port}
+            info = {
+                "name": config.name,
+                "id": self.id,
+                "host": config.host,
+                "rpc_port": port,
+                "http_port": self.http_port,
+            }
             temporary = config.ready_file.with_suffix(config.ready_file.suffix + ".tmp")
             temporary.write_text(json.dumps(info))
             # A rename is atomic: a watcher never reads half a file.
@@ -305,6 +359,9 @@ class Node:
                 "port": None if server is None else server.bound_port,
                 "connections": 0 if server is None else server.connections,
             },
+            "http": {"port": self.http_port},
+            "gateway": None if self._gateway is None else self._gateway.status(),
+            "routing": {} if self._fallback is None else self._fallback.status(),
             "counters": {
                 "requests": self._counters["requests"],
                 "served": self._counters["served"],
@@ -322,14 +379,39 @@ class Node:
 
     def _work_counters(self) -> dict[str, int]:
         counters = Counter() if self._work is None else self._work.scheduler.counters
-        return {name: counters[name] for name in _WORK_COUNTERS}
+        routing = Counter() if self._fallback is None else self._fallback.counters
+        return {
+            **{name: counters[name] for name in _WORK_COUNTERS},
+            **{name: routing[name] for name in _ROUTING_COUNTERS},
+        }
 
     async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        try:
+            request = parse_infer(params)
+        except MeshError as exc:
+            self._count_failure(exc)
+            raise
+        answer = await self.infer(request)
+        outputs = encode_tensors(answer.outputs)
+        if request.detail:
+            return {"outputs": outputs, "ran_on": answer.ran_on}
+        return outputs
+
+    def _count_failure(self, exc: MeshError) -> None:
+        self._counters["requests"] += 1
+        self._counters["failed"] += 1
+        self._errors[exc.code] += 1
+
+    # --- what both front ends (RPC and HTTP) serve -------------------------------
+
+    async def infer(self, request: InferRequest) -> Answer:
+        """Route ``request`` (mesh or gateway) and count it; RPC and HTTP both come here."""
+        if self._fallback is None:
+            raise RuntimeError("the node is not serving yet")
         self._counters["requests"] += 1
         self._in_flight += 1
         try:
-            request = parse_infer(params)
-            answer = await self._sharing.infer(request)
+            answer = await self._fallback.infer(request)
         except MeshError as exc:
             self._counters["failed"] += 1
             self._errors[exc.code] += 1
@@ -337,7 +419,50 @@ class Node:
         finally:
             self._in_flight -= 1
         self._counters["served"] += 1
-        outputs = encode_tensors(answer.outputs)
-        if request.detail:
-            return {"outputs": outputs, "ran_on": answer.ran_on}
-        return outputs
+        return answer
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """V2 metadata of ``name``: ours, else a peer's that runs it, else the gateway's."""
+        if name in self.runtime:
+            return model_metadata(self.runtime.spec(name))
+        for peer in self._sharing.scheduler.holders(name):
+            connection = self._link(peer)
+            if connection is None:
+                continue
+            try:
+                specs = await connection.call("models", [], timeout=_METADATA_TIMEOUT_S)
+                for spec in map(ModelSpec.from_wire, specs):
+                    if spec.name == name:
+                        return model_metadata(spec)
+            except MeshError as exc:
+                log.debug("no metadata of %s from %s: %s", name, peer, exc.message)
+        if self._gateway is not None:
+            return await self._gateway.model_metadata(name)
+        raise ModelNotFound(f"no node in the mesh serves model '{name}'")
+
+
+class _HttpFace:
+    """The node as the Open Inference Protocol sees it (an InferenceService).
+
+    Kept apart because the node's ``ready`` is its readiness event.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def server_name(self) -> str:
+        return "edgemesh"
+
+    @property
+    def server_version(self) -> str:
+        return __version__
+
+    def ready(self) -> bool:
+        return self._node.ready.is_set() and not self._node.stopping
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        return await self._node.model_metadata(name)
+
+    async def infer(self, request: InferRequest) -> Answer:
+        return await self._node.infer(request)

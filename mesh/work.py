@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mesh.config import Emulation
+from mesh.core.capacity import Placement
 from mesh.core.emulation import EmulatedDevice
 from mesh.core.handover import (
     CANCEL,
@@ -166,14 +167,20 @@ class WorkSharing:
 
     # --- requests entering here --------------------------------------------------
 
+    def placement(self, request: InferRequest, deadline_ms: float) -> Placement:
+        """Whether ``request``, due within ``deadline_ms``, should stay in the
+        mesh; InvalidInput if its inputs do not fit a model that runs here."""
+        if request.model in self.scheduler.models:
+            # Checked at the door, so that a bad request never travels to a
+            # thief or the gateway.
+            self._runtime.check_inputs(request.model, request.inputs)
+        now = self._now()
+        return self.scheduler.placement(request.model, now + deadline_ms / 1000, now)
+
     async def infer(self, request: InferRequest) -> Answer:
         """Own ``request`` until it is answered: here, by a thief, or with an error."""
         now = self._now()
         deadline = None if request.deadline_ms is None else now + request.deadline_ms / 1000
-        if request.model in self.scheduler.models and self.scheduler.shares_work():
-            # Checked at the door, so that a bad request never travels to a
-            # thief. (Alone, the runtime's own check says the same, once.)
-            self._runtime.check_inputs(request.model, request.inputs)
         seq, actions = self.scheduler.submit(
             model=request.model,
             payload=request.inputs,
@@ -242,6 +249,7 @@ class WorkSharing:
             service_s=load.service_s,
             queued_s=load.queued_s,
             free_slots=load.free_slots,
+            slots=load.slots,
         )
         self._do(self.scheduler.peer_update(name, peer, self._now()))
 

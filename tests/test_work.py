@@ -14,7 +14,7 @@ import pytest
 
 from mesh.client import MeshClient
 from mesh.config import Emulation, MeshConfig, RuntimeConfig, WorkConfig
-from mesh.errors import DeadlineExceeded, ModelNotFound
+from mesh.errors import DeadlineExceeded, ModelNotFound, Overloaded
 from mesh.node import Node
 from tests.conftest import MODELS_DIR, RawConnection, node_config, running_node
 
@@ -142,24 +142,31 @@ async def test_a_model_nobody_holds_is_not_found_at_once() -> None:
             await client.infer("nope", {"X": np.zeros((1, 64), np.float32)})
 
 
-async def test_queued_requests_past_their_deadline_never_run() -> None:
+async def test_requests_that_cannot_finish_in_time_never_run() -> None:
     async with (
         mesh_of([{"steal": False}]) as nodes,
         MeshClient(f"127.0.0.1:{nodes[0].port}") as client,
     ):
         x = np.zeros((1, 64), np.float32)
-        # One slot, 10 ms a call: of 20 requests with 35 ms to live, the last
-        # ones cannot start in time and are dropped from the queue.
+        # One slot, 10 ms a call: of 20 requests with 35 ms to live, the
+        # first few fit; the rest are refused at the door (no gateway), or,
+        # where the estimate was too kind, dropped from the queue unrun.
         outcomes = await asyncio.gather(
             *(client.infer("digits-small", {"X": x}, deadline=0.035) for _ in range(20)),
             return_exceptions=True,
         )
+        refused = [o for o in outcomes if isinstance(o, Overloaded)]
         missed = [o for o in outcomes if isinstance(o, DeadlineExceeded)]
-        assert missed, outcomes
+        answered = [o for o in outcomes if isinstance(o, dict)]
+        assert len(refused) + len(missed) + len(answered) == 20, outcomes
+        assert refused, outcomes
+        assert answered, outcomes
+        assert all("past its deadline of 35 ms" in r.message for r in refused)
         assert all("missed its deadline of 35 ms" in m.message for m in missed)
         c = counters(nodes[0])
+        assert c["refused"] == len(refused)
         assert c["expired"] == len(missed)
-        assert c["served_local"] == 20 - len(missed)
+        assert c["served_local"] == len(answered)
 
 
 async def test_stealing_off_keeps_work_where_it_entered() -> None:

@@ -50,6 +50,9 @@ class Processes:
             "1",
             "--emulate-service-ms",
             SERVICE_MS,
+            # About stealing, not admission: the mesh takes the whole burst.
+            "--default-deadline-ms",
+            "600000",
         ]
         if self.ports:
             flags += ["--peer", f"127.0.0.1:{self.ports[NAMES[0]]}"]
