@@ -24,6 +24,7 @@ from mesh.gateway_server import Gateway
 from mesh.node import Node
 from mesh.runtime import Runtime
 from tests.conftest import MODELS_DIR, running_node
+from tests.test_gateway import misbehaving_server
 from tests.test_work import converged, counters, mesh_node_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -157,3 +158,25 @@ async def test_without_a_gateway_a_hopeless_deadline_is_503_at_once(expected: An
         assert "past its deadline of 1 ms" in reply["error"]
         assert "no cloud gateway" in reply["error"]
         assert counters(node)["refused"] == 1
+
+
+async def test_a_hanging_gateway_costs_a_request_its_deadline_and_no_more() -> None:
+    # A real gateway never hangs or answers garbage on purpose: the
+    # stand-in from test_gateway.py does.
+    async with misbehaving_server() as (url, _):
+        config = replace(http_node("edge", None), gateway=GatewayClientConfig(url=url))
+        async with running_node(config) as node:
+            x = np.zeros((1, 64), np.float32)
+            for _ in range(3):  # the breaker's threshold
+                started = asyncio.get_running_loop().time()
+                status, reply = await post(node, "hang", infer_body(x, deadline_ms=200))
+                took = asyncio.get_running_loop().time() - started
+                assert status == 503, reply
+                assert reply["code"] == "Overloaded"
+                assert "did not answer within 200 ms" in reply["error"]
+                assert 0.15 < took < 1.0
+            status, reply = await post(node, "garbage", infer_body(x, deadline_ms=200))
+            assert status == 503 and "circuit open" in reply["error"], reply
+            gateway = node._status(None, [])["gateway"]  # type: ignore[arg-type]
+            assert gateway["state"] in ("open", "half_open")
+            assert counters(node)["offload_failed"] == 4
