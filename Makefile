@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench bench-balance models clean
+.PHONY: demo test lint typecheck unit bench bench-balance bench-fallback models clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgemesh needs Python 3.11 or newer"'
@@ -38,6 +38,11 @@ bench: $(STAMP)
 bench-balance: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/balance.py
+
+# Cloud fallback: emulated mesh and gateway at 0.5x..3x the mesh's capacity,
+# the fallback decision's cost, HTTP against RPC: about 2 minutes.
+bench-fallback: $(STAMP)
+	$(BIN)/python benchmarks/fallback.py
 
 # Rebuild models/ from scikit-learn's bundled digits (build-time dependencies only).
 models: $(STAMP)
