@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -105,6 +106,9 @@ class GatewayClient:
         self._opened = asyncio.Event()
         self._in_flight = 0
         self.sent = 0
+        # Requests that ran out of time while the gateway answered others.
+        self.slow = 0
+        self._last_answer_at = -math.inf
         # Whether the gateway takes binary tensors; None until asked.
         self._binary: bool | None = None
         self._negotiating = asyncio.Lock()
@@ -178,6 +182,7 @@ class GatewayClient:
             "in_flight": self._in_flight,
             "max_in_flight": self.config.max_in_flight,
             "sent": self.sent,
+            "slow": self.slow,
             "failures": breaker.failures,
             "opened": breaker.opened,
             "probes": breaker.probes,
@@ -308,18 +313,25 @@ class GatewayClient:
             raise DeadlineExceeded("the deadline passed before the request could go to the gateway")
         self._in_flight += 1
         self.sent += 1
+        sent_at = now
         try:
             async with (
                 asyncio.timeout(limit_s),
                 session.request(method, self.url + path, data=data, headers=headers) as response,
             ):
                 body = await response.read()
+                self._last_answer_at = self._now()
                 return _Reply(response.status, response.headers, body)
         except TimeoutError:
             # The whole budget, not what was left of it for this exchange.
             waited_ms = (budget_s or limit_s) * 1000
             reason = f"no answer within {waited_ms:.0f} ms"
-            self._failed(reason)
+            if self._last_answer_at > sent_at:
+                # It answered others meanwhile: busy, not broken. A request
+                # with a short deadline must not open the circuit for all.
+                self.slow += 1
+            else:
+                self._failed(reason)
             raise DeadlineExceeded(
                 f"the gateway did not answer within {waited_ms:.0f} ms ({self.url})"
             ) from None

@@ -26,6 +26,7 @@ from typing import Any
 
 from mesh._version import __version__
 from mesh.config import Emulation, GatewayServerConfig
+from mesh.core.capacity import Capacity, finish_s
 from mesh.core.emulation import EmulatedDevice
 from mesh.core.oip import model_metadata
 from mesh.core.requests import InferRequest
@@ -46,9 +47,11 @@ class RuntimeService:
     """Serves the models of a :class:`~mesh.runtime.Runtime`, at most ``slots`` at a time.
 
     Up to ``queue_cap`` requests wait for a slot; one more is refused with
-    Overloaded. A request whose deadline passes while it waits is answered
-    with DeadlineExceeded when it gets its slot, instead of being run late;
-    one whose deadline passes while it runs is stopped.
+    Overloaded, and so is one that, by the measured service time, could not
+    finish before its deadline (it is better told now than late). A request
+    whose deadline passes while it waits anyway is answered with
+    DeadlineExceeded when it gets its slot, instead of being run late; one
+    whose deadline passes while it runs is stopped.
     """
 
     def __init__(
@@ -69,6 +72,8 @@ class RuntimeService:
         self._runtime = runtime
         self._slots = asyncio.Semaphore(slots)
         self._device = None if emulation is None else EmulatedDevice(emulation.service_s, slots)
+        # Seconds a request holds a slot, averaged; None before the first.
+        self._service_s: float | None = None
         self._waiting = 0
         self._running = 0
         self.served = 0
@@ -118,17 +123,50 @@ class RuntimeService:
                 f"{self._waiting} waiting (queue cap {self.queue_cap})"
             )
         deadline = None if request.deadline_ms is None else arrived + request.deadline_ms / 1000
+        if request.deadline_ms is not None:
+            self._admit(request.deadline_ms / 1000)
         self._waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
         self._running += 1
+        started = loop.time()
         try:
-            return await self._run(request, arrived, deadline)
+            answer = await self._run(request, arrived, deadline)
         finally:
             self._running -= 1
             self._slots.release()
+        self._observe(loop.time() - started)
+        return answer
+
+    def _admit(self, remaining_s: float) -> None:
+        """Refuse at once a request that could not finish in ``remaining_s``."""
+        service = self._service_s
+        if service is None:
+            return
+        # The same arithmetic as a node's fallback rule: our slots drain the
+        # queue from when they are free (a busy one is half done, on
+        # average), then the request takes a whole service time.
+        busy = self._running >= self.slots
+        here = Capacity(
+            name=self.name,
+            free_in_s=service / 2 if busy else 0.0,
+            slots=self.slots,
+            service_s=service,
+        )
+        finish = finish_s([here], ahead=self._waiting)
+        if finish > remaining_s:
+            self.refused += 1
+            raise Overloaded(
+                f"gateway {self.name} would finish it in about {finish * 1000:.0f} ms "
+                f"({self._running} running, {self._waiting} waiting), past its deadline of "
+                f"{remaining_s * 1000:.0f} ms"
+            )
+
+    def _observe(self, took_s: float) -> None:
+        previous = self._service_s
+        self._service_s = took_s if previous is None else previous + 0.2 * (took_s - previous)
 
     async def _run(self, request: InferRequest, arrived: float, deadline: float | None) -> Answer:
         loop = asyncio.get_running_loop()

@@ -396,6 +396,11 @@ class WorkSharing:
         pad = self._pads.pop(job.key, None)
         if pad is not None:
             pad.cancel()
+            if self._device is not None:
+                # An aborted run stops at once (the runtime terminates it),
+                # so the emulated device is free now, as the scheduler
+                # believes, not when the padded call would have ended.
+                self._device.release(pad.when(), self._loop.time())
 
     def _send_result(self, job: Job[Tensors], outcome: Outcome) -> None:
         self._notify(

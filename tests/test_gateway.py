@@ -131,6 +131,7 @@ async def test_outputs_equal_direct_onnxruntime(runtime: Runtime, digits: Digits
         "in_flight": 0,
         "max_in_flight": 256,
         "sent": 4,  # GET /v2 first: does it take binary tensors?
+        "slow": 0,
         "failures": 0,
         "opened": 0,
         "probes": 0,
@@ -248,6 +249,29 @@ async def test_a_request_that_waited_past_its_deadline_is_not_run(
     assert service.status()["expired"] == 1
 
 
+async def test_a_request_that_could_not_finish_in_time_is_refused_at_once(
+    runtime: Runtime, digits: Digits
+) -> None:
+    pixels, _ = digits
+    service = RuntimeService(runtime, slots=1, queue_cap=64, emulation=Emulation(service_ms=50))
+    inputs = {"X": pixels[:1]}
+    await service.infer(InferRequest("digits-small", inputs))  # measures 50 ms a call
+    outcomes = await asyncio.gather(
+        *(service.infer(InferRequest("digits-small", inputs, deadline_ms=180)) for _ in range(8)),
+        return_exceptions=True,
+    )
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, Overloaded)]
+    late = [o for o in outcomes if isinstance(o, DeadlineExceeded)]
+    # One slot of 50 ms fits three within 180 ms, and the estimate (a busy
+    # slot is half done on average) may let a fourth try; the rest are
+    # told at once instead of waiting to be late.
+    assert len(answered) + len(refused) + len(late) == 8, outcomes
+    assert 3 <= len(answered) <= 4, outcomes
+    assert len(refused) >= 4, outcomes
+    assert all("past its deadline of 180 ms" in r.message for r in refused)
+
+
 async def test_emulation_pads_each_call_to_its_service_time(
     runtime: Runtime, digits: Digits
 ) -> None:
@@ -324,6 +348,29 @@ async def test_a_hanging_gateway_gives_deadline_exceeded_on_time() -> None:
         assert time.monotonic() - started < 2.0
         assert client.breaker.failures == 1
         assert client.in_flight == 0
+
+
+async def test_a_busy_gateway_that_answers_others_is_slow_not_broken() -> None:
+    async with misbehaving_server() as (url, _), client_for(url) as client:
+
+        async def late() -> None:
+            with pytest.raises(DeadlineExceeded):
+                await client.infer("hang", X, deadline_s=0.3)
+
+        async def answered() -> None:
+            await asyncio.sleep(0.1)  # after the late ones were sent
+            with pytest.raises(ModelNotFound):
+                await client.infer("other", X)
+
+        async with asyncio.TaskGroup() as tasks:
+            for _ in range(4):
+                tasks.create_task(late())
+            tasks.create_task(answered())
+        # Four deadlines ran out, but the gateway was answering meanwhile:
+        # more than the threshold, and still no failure.
+        assert client.slow == 4
+        assert client.breaker.failures == 0
+        assert client.state == "closed"
 
 
 async def test_server_errors_open_the_circuit_and_a_ready_probe_closes_it() -> None:

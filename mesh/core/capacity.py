@@ -98,13 +98,13 @@ def place(
 def finish_s(holders: Sequence[Capacity], ahead: int) -> float:
     """When a request queued behind ``ahead`` others would be done, in seconds.
 
-    The holders drain the queue together, each from when it is free, at its
-    own rate; ours is done once ``ahead + 1`` requests are. A request also
-    never finishes sooner than one service time on the quickest holder.
+    The holders drain the ``ahead`` requests together, each from when it is
+    free, at its own rate: that is when ours can start. It then takes a
+    whole service time on one holder (not a share of every holder's, as a
+    fluid would say), on whichever is free by then and quickest to finish.
     """
-    level = water_level([(h.free_in_s, h.rate) for h in holders], ahead + 1)
-    soonest = min(h.free_in_s + h.service_s for h in holders)
-    return max(level, soonest)
+    start = water_level([(h.free_in_s, h.rate) for h in holders], ahead)
+    return min(max(start, h.free_in_s) + h.service_s for h in holders)
 
 
 def water_level(participants: Sequence[tuple[float, float]], jobs: float) -> float:

@@ -32,9 +32,19 @@ class EmulatedDevice:
         self._slot_ends = [-math.inf] * slots
 
     def finish_at(self, arrived: float) -> float:
+        """Take a slot for a call that arrived at ``arrived``; when it ends."""
         ends = self._slot_ends
         # The slot that came free first is the one this call took.
         start = max(arrived, heapq.heappop(ends))
         end = start + self._service_s
         heapq.heappush(ends, end)
         return end
+
+    def release(self, end: float, now: float) -> None:
+        """The call due to end at ``end`` was stopped at ``now``: its slot is free."""
+        ends = self._slot_ends
+        for index, slot_end in enumerate(ends):
+            if slot_end == end:
+                ends[index] = min(end, now)
+                heapq.heapify(ends)
+                return

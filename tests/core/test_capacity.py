@@ -41,19 +41,31 @@ def test_water_level(participants: list[tuple[float, float]], jobs: int, level: 
     assert water_level(participants, jobs) == pytest.approx(level)
 
 
-def test_a_request_never_finishes_sooner_than_one_service_time() -> None:
-    # Four idle nodes drain one request in a quarter of its service time as
-    # a fluid, but a request runs on one of them.
+def test_a_request_takes_a_whole_service_time_once_it_starts() -> None:
+    # Four idle nodes would drain one request in a quarter of its service
+    # time as a fluid, but a request runs on one of them.
     assert finish_s([holder()] * 4, ahead=0) == pytest.approx(SERVICE)
-    # Behind 39 others, the four share 40 requests.
-    assert finish_s([holder()] * 4, ahead=39) == pytest.approx(10 * SERVICE)
+    # Behind 40 others, the four drain those in 10 service times; ours
+    # starts then and takes one more.
+    assert finish_s([holder()] * 4, ahead=40) == pytest.approx(11 * SERVICE)
+    # One slot busy for 50 ms: an idle slow holder beats waiting for it.
+    busy_fast = holder(free_in=0.05, service=0.01)
+    idle_slow = holder(service=0.04)
+    assert finish_s([busy_fast, idle_slow], ahead=0) == pytest.approx(0.04)
+
+
+def test_two_slots_start_two_requests_at_once() -> None:
+    # 16 queued ahead on two slots of 50 ms, both free in 25 ms on average:
+    # eight rounds drain them, ours starts then and runs 50 ms.
+    two_slots = holder(free_in=0.025, slots=2, service=0.05)
+    assert finish_s([two_slots], ahead=16) == pytest.approx(0.025 + 0.4 + 0.05)
 
 
 @pytest.mark.parametrize(
     ("holders", "ahead", "remaining", "offload"),
     [
         ([holder()], 0, 1.0, False),  # idle: done in 20 ms
-        ([holder()], 44, 1.0, False),  # 45 x 20 ms = 900 ms, the deadline's 90%
+        ([holder()], 43, 1.0, False),  # 44 x 20 ms = 880 ms, inside the deadline's 90%
         ([holder()], 45, 1.0, True),  # 920 ms: inside the deadline, not its headroom
         ([holder()] * 2, 45, 1.0, False),  # a second holder halves it
         ([holder(free_in=0.95)], 0, 1.0, True),  # busy with its own work
