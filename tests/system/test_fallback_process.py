@@ -94,8 +94,8 @@ def direct(model: str, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any
 
 
 def assert_outputs(got: Inference, want: dict[str, np.ndarray[Any, Any]]) -> None:
-    np.testing.assert_array_equal(got.outputs["label"], want["label"])
-    np.testing.assert_allclose(got.outputs["probabilities"], want["probabilities"], rtol=1e-5)
+    np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_allclose(got["probabilities"], want["probabilities"], rtol=1e-5)
 
 
 async def wait_formed(fleet: Fleet) -> None:
@@ -126,7 +126,7 @@ async def test_a_model_only_the_gateway_has_is_answered_there(
 ) -> None:
     x = rows[:5]
     async with fleet.client() as client:
-        answer = await client.infer_detailed("digits-large", {"X": x}, deadline=5)
+        answer = await client.infer("digits-large", {"X": x}, deadline=5)
         status = await client.status()
     assert answer.ran_on == "gateway"
     assert_outputs(answer, direct("digits-large", x))
@@ -142,7 +142,7 @@ async def test_under_capacity_nothing_leaves_the_mesh(
     async with fleet.client() as client:
         # 20 requests of 20 ms on two devices: about 200 ms, well inside 2 s.
         answers = await asyncio.gather(
-            *(client.infer_detailed("digits-small", {"X": rows[i : i + 1]}) for i in range(20))
+            *(client.infer("digits-small", {"X": rows[i : i + 1]}) for i in range(20))
         )
     assert {a.ran_on for a in answers} <= set(NAMES)
     for i, answer in enumerate(answers):
@@ -161,7 +161,7 @@ async def test_a_burst_beyond_capacity_is_partly_offloaded_and_fully_answered(
         # time (with its headroom), so the rest must go to the gateway.
         answers = await asyncio.gather(
             *(
-                client.infer_detailed("digits-small", {"X": rows[i : i + 1]}, deadline=0.5)
+                client.infer("digits-small", {"X": rows[i : i + 1]}, deadline=0.5)
                 for i in range(150)
             )
         )
@@ -204,7 +204,7 @@ async def test_a_dead_gateway_opens_the_breaker_and_a_restarted_one_closes_it(
         while (await client.status())["gateway"]["state"] != "closed":
             assert time.monotonic() < deadline, "the breaker never closed again"
             await asyncio.sleep(0.1)
-        answer = await client.infer_detailed("digits-large", {"X": x}, deadline=5)
+        answer = await client.infer("digits-large", {"X": x}, deadline=5)
     assert answer.ran_on == "gateway"
     assert_outputs(answer, direct("digits-large", x))
     assert (await counters(fleet))["offload_failed"] >= 6
