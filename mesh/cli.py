@@ -223,7 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     infer = commands.add_parser(
         "infer",
         help="run one inference on a node and print the outputs",
-        description="Send inputs from .npy/.npz files to a node and print the outputs.",
+        description=(
+            "Send inputs from .npy/.npz files to a node and print the outputs and where the "
+            "request ran (the node, a peer that took it, or the cloud gateway). Make inputs "
+            "with numpy: np.save('x.npy', np.zeros((1, 64), np.float32))."
+        ),
     )
     _add_client_flags(infer)
     infer.add_argument("--model", required=True, help="model name, as `edgemesh models` lists")
@@ -240,14 +244,24 @@ def _parser() -> argparse.ArgumentParser:
     infer.set_defaults(command="infer", handler=_cmd_infer)
 
     models = commands.add_parser(
-        "models", help="list a node's models", description="List the models a node serves."
+        "models",
+        help="list a node's models",
+        description=(
+            "List the models a node serves, with each input and output's name, dtype and "
+            "shape (-1: any size), as `edgemesh infer` and the SDK expect them."
+        ),
     )
     _add_client_flags(models)
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(command="models", handler=_cmd_models)
 
     status = commands.add_parser(
-        "status", help="show a node's status", description="Show a node's status and counters."
+        "status",
+        help="show a node's status",
+        description=(
+            "Show a node's status: its peers and their state, its queue, what it ran, stole "
+            "and handed to the gateway, and the gateway's circuit breaker."
+        ),
     )
     _add_client_flags(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -255,16 +269,34 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="start a node on this machine and classify handwritten digits through it",
+        help="see a mesh share a burst on this machine: three devices and a gateway",
         description=(
-            "Start a node on 127.0.0.1 with the bundled models and a fresh mesh key, "
-            "classify the held-out handwritten digits through it from the SDK, print "
-            "accuracy and latency, and stop the node. Touches only loopback."
+            "Start three nodes emulating devices of different speeds and a cloud gateway, "
+            "all on 127.0.0.1 with a fresh mesh key (mDNS on 127.0.0.1 only), send every "
+            "held-out handwritten digit at once to the slowest node, and show where each "
+            "ran (locally, stolen by a faster device, or handed to the gateway), accuracy "
+            "and latency. Every process is stopped at the end, even on Ctrl-C."
         ),
     )
     demo.add_argument("--samples", type=int, metavar="N", help="classify only the first N digits")
     demo.add_argument(
-        "--concurrency", type=int, default=32, metavar="N", help="requests in flight at once"
+        "--deadline-ms",
+        type=float,
+        default=1000.0,
+        metavar="MS",
+        help="each request's deadline; the mesh hands to the gateway what it cannot finish "
+        "in time (default: 1000)",
+    )
+    demo.add_argument(
+        "--no-gateway",
+        action="store_true",
+        help="start no gateway: the requests the mesh cannot finish in time are refused",
+    )
+    demo.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="keep the processes' logs and files here (default: a temporary directory)",
     )
     demo.set_defaults(command="demo", handler=_cmd_demo)
     _add_gateway_parser(commands)
@@ -493,6 +525,8 @@ def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         ["mesh", f"{status.get('mesh_id')} ({'key' if status.get('auth') else 'OPEN'})"],
         ["models", ", ".join(status.get("models", []))],
         ["uptime", f"{status.get('uptime_s', 0):.1f} s"],
+        ["http", (status.get("http") or {}).get("port") or "off"],
+        ["gateway", _gateway_text(status.get("gateway"))],
         *[[f"counters.{k}", v] for k, v in counters.items()],
     ]
     print(format_table(["field", "value"], rows))
@@ -520,6 +554,15 @@ def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
     )
     return 0
+
+
+def _gateway_text(gateway: dict[str, Any] | None) -> str:
+    if not gateway:
+        return "none"
+    text = f"{gateway.get('url')}, circuit {gateway.get('state')}"
+    if gateway.get("last_failure"):
+        text += f" (last failure: {gateway['last_failure']})"
+    return text
 
 
 def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -589,6 +632,11 @@ def _cmd_demo(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     del environ
     if args.samples is not None and args.samples <= 0:
         raise ConfigError("--samples must be a positive number")
-    if args.concurrency <= 0:
-        raise ConfigError("--concurrency must be a positive number")
-    return run_demo(samples=args.samples, concurrency=args.concurrency)
+    if not args.deadline_ms > 0:
+        raise ConfigError("--deadline-ms must be a positive number")
+    return run_demo(
+        samples=args.samples,
+        deadline_ms=args.deadline_ms,
+        gateway=not args.no_gateway,
+        workdir=args.workdir,
+    )

@@ -200,28 +200,3 @@ def test_python_dash_m_mesh_runs_the_cli() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("edgemesh ")
-
-
-def test_demo_runs_and_leaves_no_process_behind() -> None:
-    result = run_cli("demo")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK: accuracy matches the manifest" in result.stdout
-    assert "node exit status    0" in result.stdout
-    leftover = subprocess.run(
-        ["pgrep", "-f", "mesh node --name demo-node"], capture_output=True, check=False
-    )
-    assert leftover.stdout == b""
-
-
-def test_classify_digits_example(keyed_node: tuple[int, Path]) -> None:
-    port, _ = keyed_node
-    example = Path(__file__).resolve().parents[2] / "examples" / "classify_digits.py"
-    result = subprocess.run(
-        [sys.executable, str(example), "--node", f"127.0.0.1:{port}", "--mesh-key", KEY.decode()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "accuracy: 0.9689" in result.stdout
