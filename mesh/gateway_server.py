@@ -72,8 +72,7 @@ class RuntimeService:
         self._runtime = runtime
         self._slots = asyncio.Semaphore(slots)
         self._device = None if emulation is None else EmulatedDevice(emulation.service_s, slots)
-        # Seconds a request holds a slot, averaged; None before the first.
-        self._service_s: float | None = None
+        self._emulated_s = None if emulation is None else emulation.service_s
         self._waiting = 0
         self._running = 0
         self.served = 0
@@ -124,25 +123,22 @@ class RuntimeService:
             )
         deadline = None if request.deadline_ms is None else arrived + request.deadline_ms / 1000
         if request.deadline_ms is not None:
-            self._admit(request.deadline_ms / 1000)
+            self._admit(request.model, request.deadline_ms / 1000)
         self._waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
         self._running += 1
-        started = loop.time()
         try:
-            answer = await self._run(request, arrived, deadline)
+            return await self._run(request, arrived, deadline)
         finally:
             self._running -= 1
             self._slots.release()
-        self._observe(loop.time() - started)
-        return answer
 
-    def _admit(self, remaining_s: float) -> None:
+    def _admit(self, model: str, remaining_s: float) -> None:
         """Refuse at once a request that could not finish in ``remaining_s``."""
-        service = self._service_s
+        service = self._service_s(model)
         if service is None:
             return
         # The same arithmetic as a node's fallback rule: our slots drain the
@@ -164,9 +160,20 @@ class RuntimeService:
                 f"{remaining_s * 1000:.0f} ms"
             )
 
-    def _observe(self, took_s: float) -> None:
-        previous = self._service_s
-        self._service_s = took_s if previous is None else previous + 0.2 * (took_s - previous)
+    def _service_s(self, model: str) -> float | None:
+        """Seconds one call of ``model`` keeps a slot busy; None before the first call.
+
+        The emulated device's time, or the runtime's own average of the
+        model's run on a worker thread. Not the wall time a slot was held:
+        under a burst that is mostly this event loop reading other requests,
+        which the slots do not make any longer.
+        """
+        if self._emulated_s is not None:
+            return self._emulated_s
+        for load in self._runtime.load():
+            if load.name == model:
+                return load.service_ewma_s
+        return None
 
     async def _run(self, request: InferRequest, arrived: float, deadline: float | None) -> Answer:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,108 @@
+"""The command line a newcomer meets: every command explains itself, and every node flag
+has its TOML key and environment variable (the same name, resolved in one place)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+
+from mesh.cli import _parser, main
+from mesh.config import GATEWAY_SETTING_KEYS, NODE_SETTING_KEYS, load_node_config
+from mesh.logs import configure_logging
+
+COMMANDS = ("node", "gateway", "infer", "models", "status", "demo")
+# Flags that are not settings: the file itself, and argparse's own.
+NOT_SETTINGS = {"config", "help", "handler", "command"}
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = _parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("edgemesh has no subcommands")
+
+
+def setting_dests(command: str) -> set[str]:
+    parser = subcommands()[command]
+    return {a.dest for a in parser._actions if a.dest not in NOT_SETTINGS}
+
+
+def test_every_command_exists() -> None:
+    assert set(COMMANDS) <= set(subcommands())
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_a_newcomer_can_read(command: str) -> None:
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = out.getvalue()
+    assert text.startswith(f"usage: edgemesh {command}")
+    # A sentence saying what the command does, and every option explained.
+    parser = subcommands()[command]
+    assert parser.description and len(parser.description) > 40
+    undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+    assert not undocumented, undocumented
+
+
+def test_no_command_prints_the_overview() -> None:
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert main([]) == 2
+    for command in COMMANDS:
+        assert command in out.getvalue()
+
+
+def test_every_node_flag_is_a_toml_key_and_an_environment_variable() -> None:
+    # load_node_config reads exactly NODE_SETTING_KEYS from TOML and from
+    # EDGEMESH_<KEY>; a flag without a key would be command-line only.
+    assert setting_dests("node") == set(NODE_SETTING_KEYS)
+
+
+def test_every_gateway_flag_is_a_toml_key_and_an_environment_variable() -> None:
+    assert setting_dests("gateway") == set(GATEWAY_SETTING_KEYS)
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "json")
+    try:
+        logging.getLogger("mesh.test").info("node %s ready", "kitchen-pi")
+    finally:
+        configure_logging("warning", "text")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    entry = json.loads(line)
+    assert entry["message"] == "node kitchen-pi ready"
+    assert entry["level"] == "info" and entry["logger"] == "mesh.test"
+
+
+def test_text_logs_are_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("info", "text")
+    try:
+        logging.getLogger("mesh.test").warning("gateway down")
+    finally:
+        configure_logging("warning", "text")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith("WARNING mesh.test: gateway down")
+
+
+def test_the_readme_node_toml_example_loads(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    key_file = tmp_path / "mesh.key"
+    key_file.write_text("0123456789abcdef0123456789abcdef")
+    config_file = tmp_path / "node.toml"
+    config_file.write_text(example.replace("/etc/edgemesh/mesh.key", str(key_file)))
+    config = load_node_config({}, {}, config_file)
+    assert config.name == "kitchen-pi"
+    assert config.gateway is not None and config.gateway.url == "http://cloud.example:8000"
+    assert config.http.port == 8080
+    assert config.fallback.default_deadline_ms == 1500
+    assert config.log_format == "json"
