@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mesh._version import __version__
-from mesh.client import MeshClient, ModelInfo
+from mesh.client import Inference, MeshClient, ModelInfo
 from mesh.config import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_RPC_PORT,
@@ -53,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # Whoever read our output (head, less) has gone: nothing left to say.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return result
 
 
@@ -566,18 +571,26 @@ def _gateway_text(gateway: dict[str, Any] | None) -> str:
 
 
 def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    async def run() -> dict[str, np.ndarray[Any, Any]]:
+    async def run() -> Inference:
         async with _client(args, environ) as client:
             inputs = load_inputs(args.input, await client.models(), args.model)
             return await client.infer(args.model, inputs, deadline=args.deadline)
 
     outputs = asyncio.run(run())
     if args.json:
-        print(json.dumps({name: array.tolist() for name, array in outputs.items()}))
+        print(
+            json.dumps(
+                {
+                    "outputs": {name: array.tolist() for name, array in outputs.items()},
+                    "ran_on": outputs.ran_on,
+                }
+            )
+        )
         return 0
     for name, array in outputs.items():
         print(f"{name}: {array.dtype} {list(array.shape)}")
         print(np.array2string(array, threshold=200, precision=4, suppress_small=True))
+    print(f"ran on: {outputs.ran_on}")
     return 0
 
 

@@ -81,11 +81,14 @@ def test_cli_infer_models_and_status(
     assert infer.returncode == 0, infer.stderr
     assert "label: int64 [3]" in infer.stdout
     assert "probabilities: float32 [3, 10]" in infer.stdout
+    assert "ran on: " in infer.stdout
     as_json = run_cli(
         "infer", *node, "--model", "digits-small", "--input", f"X={tmp_path / 'x.npy'}", "--json"
     )
     assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout)["label"] == labels[:3].tolist()
+    answer = json.loads(as_json.stdout)
+    assert answer["outputs"]["label"] == labels[:3].tolist()
+    assert isinstance(answer["ran_on"], str)
 
     models = run_cli("models", *node)
     assert models.returncode == 0, models.stderr
