@@ -424,12 +424,15 @@ def run_demo(
     burst = _Burst(len(pixels))
     names = ", ".join(f"{d.name} ({d.speed:g}x)" for d in DEVICES)
     print(f"edgemesh demo: {len(DEVICES)} emulated devices on 127.0.0.1, real handwritten digits")
-    print(f"  starting nodes {names}" + (" and a cloud gateway" if gateway else ""), flush=True)
     started = time.perf_counter()
     codes: dict[str, int] = {}
     try:
         with _sigterm_as_ctrl_c():
             try:
+                # Said inside the try: a Ctrl-C the moment this line shows
+                # must still go through the cleanup below.
+                starting = " and a cloud gateway" if gateway else ""
+                print(f"  starting nodes {names}{starting}", flush=True)
                 fleet.start(gateway)
                 print(f"  all started in {time.perf_counter() - started:.1f} s", flush=True)
                 formed, statuses = asyncio.run(_drive(fleet, pixels, deadline_ms / 1000, burst))
