@@ -28,10 +28,10 @@ from mesh.core.addresses import format_address
 from mesh.core.adverts import SERVICE_TYPE, Advert, parse_advert
 from mesh.discovery import (
     RESOLVE_TIMEOUT,
-    _check_interfaces,
-    _hear_only_joined_groups,
-    _networks,
-    _on,
+    check_interfaces,
+    hear_only_joined_groups,
+    interface_networks,
+    on_networks,
 )
 from mesh.errors import ConfigError, ProtocolError
 
@@ -49,13 +49,13 @@ async def browse_nodes(
     interface); only addresses on their networks are kept. Gateways,
     nodes of other meshes and malformed records are left out.
     """
-    checked = None if interfaces is None else _check_interfaces(interfaces)
-    networks = None if checked is None else _networks(checked)
+    checked = None if interfaces is None else check_interfaces(interfaces)
+    networks = None if checked is None else interface_networks(checked)
     zc = _open(checked)
     try:
         await zc.zeroconf.async_wait_for_start()
         if checked is not None:
-            _hear_only_joined_groups(zc.zeroconf)
+            hear_only_joined_groups(zc.zeroconf)
         names: set[str] = set()
 
         def on_change(
@@ -84,7 +84,7 @@ async def browse_nodes(
             continue
         addresses = advert.addresses
         if networks is not None:
-            addresses = tuple(a for a in addresses if _on(networks, a))
+            addresses = tuple(a for a in addresses if on_networks(networks, a))
         if addresses:
             found.append(dataclasses.replace(advert, addresses=addresses))
     return found

@@ -44,8 +44,13 @@ from mesh.errors import ConfigError, ProtocolError
 __all__ = [
     "DiscoveryEvent",
     "MdnsDiscovery",
+    "Network",
     "PeerGone",
     "PeerSeen",
+    "check_interfaces",
+    "hear_only_joined_groups",
+    "interface_networks",
+    "on_networks",
 ]
 
 log = logging.getLogger(__name__)
@@ -101,8 +106,8 @@ class MdnsDiscovery:
     ) -> None:
         self._txt = encode_txt(advert)
         self._advert = advert
-        self._interfaces = None if interfaces is None else _check_interfaces(interfaces)
-        self._networks = None if self._interfaces is None else _networks(self._interfaces)
+        self._interfaces = None if interfaces is None else check_interfaces(interfaces)
+        self._networks = None if self._interfaces is None else interface_networks(self._interfaces)
         self._on_event = on_event
         self._resolve_timeout = resolve_timeout
         self._tasks: asyncio.TaskGroup | None = None
@@ -123,7 +128,7 @@ class MdnsDiscovery:
         try:
             await zc.zeroconf.async_wait_for_start()
             if self._interfaces is not None:
-                _hear_only_joined_groups(zc.zeroconf)
+                hear_only_joined_groups(zc.zeroconf)
             info = self._service_info()
             registered = False
             name_taken: ConfigError | None = None
@@ -309,7 +314,7 @@ class MdnsDiscovery:
         if self._networks is not None:
             # Only peers on our interfaces' networks: the socket option above cannot cover
             # the instant before it is set, and a record may name any address at all.
-            reachable = tuple(a for a in advert.addresses if _on(self._networks, a))
+            reachable = tuple(a for a in advert.addresses if on_networks(self._networks, a))
             if not reachable:
                 self._report_once(
                     name,
@@ -349,7 +354,8 @@ async def _wait_for(announced: Awaitable[object]) -> None:
     await announced
 
 
-def _check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
+def check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
+    """The interface addresses normalised; ConfigError for anything that is not one."""
     if isinstance(interfaces, str):
         raise ConfigError("interfaces must be a list of IP addresses, not one string")
     checked: list[str] = []
@@ -366,10 +372,11 @@ def _check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
-_Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A subnet one of our mDNS interfaces is on.
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _networks(interfaces: Sequence[str]) -> tuple[_Network, ...]:
+def interface_networks(interfaces: Sequence[str]) -> tuple[Network, ...]:
     """The subnets of the given interface addresses, as this machine has them configured."""
     prefixes: dict[str, int] = {}
     for adapter in ifaddr.get_adapters():
@@ -385,7 +392,8 @@ def _networks(interfaces: Sequence[str]) -> tuple[_Network, ...]:
     )
 
 
-def _on(networks: Sequence[_Network], address: str) -> bool:
+def on_networks(networks: Sequence[Network], address: str) -> bool:
+    """Whether ``address`` lies in one of ``networks`` (so we can reach it from there)."""
     ip = ipaddress.ip_address(address)
     return any(ip in network for network in networks)
 
@@ -403,7 +411,7 @@ def _machine_addresses() -> list[str]:
     return found
 
 
-def _hear_only_joined_groups(zeroconf: Zeroconf) -> None:
+def hear_only_joined_groups(zeroconf: Zeroconf) -> None:
     """Make the wildcard listen socket hear multicast only from our own interfaces.
 
     zeroconf binds its receiving socket to 0.0.0.0:5353 and joins the mDNS
