@@ -375,36 +375,39 @@ class Runtime:
             self._waiting -= 1
         # A worker that has just got its thread runs at least one call before
         # it may yield, or workers could pass the threads around forever.
-        call = self._next_call(loaded, may_yield=False, took_s=None)
+        call = self._next_call(loaded, may_yield=False)
         while call is not None:
             started = time.perf_counter()
+            outcome: Tensors | BaseException
             try:
-                result = loaded.run(call.feeds, call.options)
+                outcome = loaded.run(call.feeds, call.options)
             except BaseException as exc:
                 # Whatever it is, it is the caller's: raised where it awaits,
                 # as concurrent.futures would. Letting it end this loop would
                 # strand the model's slot and every call queued behind it.
-                call.inbox.put(call, exc)
+                outcome = exc
                 took_s = None  # a failed call says nothing about service time
             else:
-                call.inbox.put(call, result)
                 took_s = time.perf_counter() - started
-            call = self._next_call(loaded, may_yield=True, took_s=took_s)
+            # Accounted before the caller hears: whoever reads load() once
+            # its answer arrives sees the call finished, and timed.
+            self._account(loaded, took_s)
+            call.inbox.put(call, outcome)
+            call = self._next_call(loaded, may_yield=True)
 
-    def _next_call(self, loaded: _Loaded, *, may_yield: bool, took_s: float | None) -> _Call | None:
-        """The next call this worker should run; None when it should stop.
-
-        ``took_s`` is how long the call this worker just finished took (None
-        when there was none, or it failed); it feeds the service-time average.
-        """
+    def _account(self, loaded: _Loaded, took_s: float | None) -> None:
+        """A call of ``loaded`` ended; ``took_s`` (None: it failed) feeds its average."""
         with self._lock:
-            if may_yield:
-                loaded.executing -= 1
+            loaded.executing -= 1
             if took_s is not None:
                 previous = loaded.service_ewma_s
                 loaded.service_ewma_s = (
                     took_s if previous is None else previous + _EWMA_WEIGHT * (took_s - previous)
                 )
+
+    def _next_call(self, loaded: _Loaded, *, may_yield: bool) -> _Call | None:
+        """The next call this worker should run; None when it should stop."""
+        with self._lock:
             queue = loaded.queue
             while queue and queue[0].cancelled:
                 queue.popleft()
