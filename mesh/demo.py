@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mesh.cli import format_table
+from mesh.cli_client import format_table
 from mesh.client import MeshClient
 from mesh.config import bundled_models_dir
 from mesh.errors import ConfigError, MeshError, PeerUnavailable, ProtocolError

@@ -1,206 +1,34 @@
-"""Configuration: frozen dataclasses, and the only module that reads TOML or the environment.
+"""Resolving settings: defaults < TOML file < environment < flags, each value checked.
 
-Values are resolved once, in this order (later wins): built-in defaults, the
-TOML file given with ``--config``, ``EDGEMESH_*`` environment variables, then
-command-line flags. Everything below receives its values from here; nothing
-else in the package reads the environment.
+The only place in the package that reads TOML or the environment. A node
+reads ``EDGEMESH_<KEY>``; the gateway ``EDGEMESH_GATEWAY_<KEY>``.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mesh.config.settings import (
+    DEFAULT_GATEWAY_PORT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Emulation,
+    FallbackConfig,
+    GatewayClientConfig,
+    GatewayServerConfig,
+    HttpConfig,
+    MeshConfig,
+    NodeConfig,
+    RpcConfig,
+    RuntimeConfig,
+    WorkConfig,
+)
 from mesh.core.addresses import parse_address
 from mesh.errors import ConfigError
-
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def bundled_models_dir() -> Path:
-    """The directory holding the models that ship with edgemesh.
-
-    In a wheel they live inside the package (``mesh/_models``); in a source
-    checkout (including an editable install) they are the repository's
-    ``models/`` directory.
-    """
-    package_dir = Path(__file__).resolve().parent
-    inside = package_dir / "_models"
-    if inside.is_dir():
-        return inside
-    return package_dir.parent / "models"
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """How models are found and run."""
-
-    model_dirs: tuple[Path, ...] = field(default_factory=lambda: (bundled_models_dir(),))
-    # Serve only these model names; None serves every model found.
-    model_names: tuple[str, ...] | None = None
-    # onnxruntime threads per inference call. One keeps a busy node from
-    # oversubscribing small devices; parallelism comes from concurrent calls.
-    intra_op_threads: int = 1
-    # Calls of one model running at the same time on this node.
-    per_model_concurrency: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-    # Worker threads shared by all models.
-    executor_threads: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
-
-
-@dataclass(frozen=True)
-class RpcConfig:
-    """Limits and timeouts of msgpack-RPC connections."""
-
-    # Largest single message accepted or sent.
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # Requests being worked on for one connection at once; more are refused
-    # with Overloaded rather than queued without bound.
-    max_in_flight_per_connection: int = 1024
-    # Default time a client waits for an answer to one call.
-    call_timeout_s: float = 30.0
-    # Time to open a connection and finish the handshake.
-    connect_timeout_s: float = 5.0
-
-
-DEFAULT_RPC_PORT = 7700
-
-
-@dataclass(frozen=True)
-class MeshConfig:
-    """How a node finds its peers and watches them."""
-
-    # Find peers on the LAN with mDNS. Off where multicast is blocked (Wi-Fi
-    # client isolation, VLANs, containers); then use bootstrap peers.
-    mdns: bool = True
-    # Interfaces (their IP addresses) mDNS binds to; None means all of them,
-    # the default for a real device. Tests and local demos use 127.0.0.1.
-    interfaces: tuple[str, ...] | None = None
-    # Bootstrap peers, "HOST:PORT". One is enough: peers share what they know.
-    peers: tuple[str, ...] = ()
-    # How often each node tells every peer it is alive, and how loaded.
-    gossip_interval_s: float = 0.2
-    # Silence before a peer is suspected, then suspicion before it is dead.
-    # A SIGKILLed peer's connection drops at once and skips the first wait.
-    suspect_after_s: float = 0.8
-    dead_after_s: float = 0.6
-    # Dead peers are forgotten after this, so none lingers as a ghost.
-    forget_after_s: float = 30.0
-    # Connecting to a peer and finishing the handshake; a peer that accepts
-    # the connection and then says nothing is given up on after this.
-    connect_timeout_s: float = 2.0
-
-
-@dataclass(frozen=True)
-class Emulation:
-    """Make a node behave like a device ``speed`` times as fast as the reference.
-
-    The real model runs and its real outputs are returned; the call is then
-    padded to ``service_ms / speed``. For experiments and demos only: two
-    cores cannot show a mesh of sixteen devices any other way.
-    """
-
-    speed: float = 1.0
-    # The reference device's service time for one call.
-    service_ms: float = 20.0
-
-    @property
-    def service_s(self) -> float:
-        return self.service_ms / self.speed / 1000
-
-    def to_status(self) -> dict[str, float]:
-        return {"speed": self.speed, "service_ms": self.service_ms}
-
-
-@dataclass(frozen=True)
-class WorkConfig:
-    """How a node shares work with its peers."""
-
-    # Requests run at once on this node; None means one per executor thread.
-    slots: int | None = None
-    # Take queued work from loaded peers, and let idle ones take ours.
-    steal: bool = True
-    # Pretend to be a device of another speed (off unless asked for).
-    emulation: Emulation | None = None
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """The Open Inference Protocol (V2 REST) endpoint of a node or the gateway."""
-
-    # None serves no HTTP (a node's default); 0 picks a free port.
-    port: int | None = None
-    # Largest request body accepted; a bigger one is refused with 413.
-    max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-
-
-@dataclass(frozen=True)
-class BreakerConfig:
-    """When a node stops sending to a failing gateway, and how it probes it."""
-
-    # Consecutive failures (no answer, a timeout, a 5xx other than 503,
-    # garbage) that open the circuit.
-    failure_threshold: int = 3
-    # How long the circuit stays open before the first probe; doubled after
-    # each failed probe up to max_open_s.
-    open_s: float = 1.0
-    max_open_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class GatewayClientConfig:
-    """How a node reaches its cloud gateway (any Open Inference Protocol server)."""
-
-    url: str
-    # A request without a deadline waits at most this long for the gateway.
-    timeout_s: float = 30.0
-    # Requests sent to the gateway at once; beyond this a request that
-    # needs the gateway is refused with Overloaded instead of piling up.
-    max_in_flight: int = 256
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
-
-
-@dataclass(frozen=True)
-class FallbackConfig:
-    """When a node sends a request to the gateway instead of the mesh."""
-
-    # A request that gives no deadline must be one the mesh can finish
-    # within this, or it goes to the gateway (or is refused). It is not
-    # dropped when this passes: only a deadline the client gave expires.
-    default_deadline_ms: float = 2000.0
-    # Requests queued on this node (its own and others') at most; a request
-    # arriving at a full queue goes to the gateway, or is refused.
-    queue_cap: int = 1024
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Everything one ``edgemesh node`` needs."""
-
-    name: str = field(default_factory=socket.gethostname)
-    # All interfaces by default: a mesh node exists to be reached from the LAN.
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_RPC_PORT
-    # The shared secret of the mesh; None runs an open node.
-    mesh_key: bytes | None = field(default=None, repr=False)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    rpc: RpcConfig = field(default_factory=RpcConfig)
-    mesh: MeshConfig = field(default_factory=MeshConfig)
-    work: WorkConfig = field(default_factory=WorkConfig)
-    http: HttpConfig = field(default_factory=HttpConfig)
-    # The cloud gateway; None keeps every request in the mesh.
-    gateway: GatewayClientConfig | None = None
-    fallback: FallbackConfig = field(default_factory=FallbackConfig)
-    # Written as JSON once the node listens, for scripts and supervisors.
-    ready_file: Path | None = None
-    log_level: str = "info"
-    log_format: str = "text"
-
 
 # --- resolving settings from file, environment and flags ----------------------
 
@@ -519,7 +347,6 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
 
 # --- the gateway (`edgemesh gateway`) ---------------------------------------------
 
-DEFAULT_GATEWAY_PORT = 8000
 # The gateway's environment variables carry their own prefix, so a node and
 # a gateway started from one shell (EDGEMESH_PORT, ...) do not share settings.
 GATEWAY_ENV_PREFIX = "EDGEMESH_GATEWAY_"
@@ -541,33 +368,6 @@ def check_gateway_url(key: str, value: object) -> str:
     if parts.query or parts.fragment:
         raise ConfigError(f"{key} must not have a query or fragment, got {value!r}")
     return text.rstrip("/")
-
-
-@dataclass(frozen=True)
-class GatewayServerConfig:
-    """Everything one ``edgemesh gateway`` needs.
-
-    Without ``upstream`` the gateway runs the models of ``runtime`` itself;
-    with it, it forwards every request to that Open Inference Protocol server
-    (Triton, KServe, MLServer) and loads no models.
-    """
-
-    name: str = "gateway"
-    # All interfaces by default: a cloud gateway exists to be reached.
-    host: str = "0.0.0.0"
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    http: HttpConfig = field(default_factory=lambda: HttpConfig(port=DEFAULT_GATEWAY_PORT))
-    upstream: GatewayClientConfig | None = None
-    # Requests run at once; None means one per executor thread.
-    slots: int | None = None
-    # Requests waiting for a slot at most; one more is refused with 503.
-    queue_cap: int = 1024
-    # Pad every call to a known service time (benchmarks); None runs at full speed.
-    emulation: Emulation | None = None
-    # Written as JSON ({name, host, http_port}) once the gateway listens.
-    ready_file: Path | None = None
-    log_level: str = "info"
-    log_format: str = "text"
 
 
 def _non_negative_int(key: str, value: object) -> int:
