@@ -272,21 +272,21 @@ def load_node_config(
     return _build_node_config(settings, environ)
 
 
+def _runtime_config(settings: Mapping[str, Any]) -> RuntimeConfig:
+    """Where models come from and how they run: the same keys for a node and the gateway."""
+    defaults = RuntimeConfig()
+    return RuntimeConfig(
+        model_dirs=tuple(Path(d).expanduser() for d in settings.get("models", ()))
+        or defaults.model_dirs,
+        model_names=settings.get("model") or None,
+        intra_op_threads=settings.get("intra_op_threads", defaults.intra_op_threads),
+        per_model_concurrency=settings.get("per_model_concurrency", defaults.per_model_concurrency),
+        executor_threads=settings.get("executor_threads", defaults.executor_threads),
+    )
+
+
 def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) -> NodeConfig:
-    defaults_runtime = RuntimeConfig()
-    model_dirs = tuple(Path(d).expanduser() for d in settings.get("models", ())) or (
-        defaults_runtime.model_dirs
-    )
-    model_names = settings.get("model") or None
-    runtime = RuntimeConfig(
-        model_dirs=model_dirs,
-        model_names=model_names,
-        intra_op_threads=settings.get("intra_op_threads", defaults_runtime.intra_op_threads),
-        per_model_concurrency=settings.get(
-            "per_model_concurrency", defaults_runtime.per_model_concurrency
-        ),
-        executor_threads=settings.get("executor_threads", defaults_runtime.executor_threads),
-    )
+    runtime = _runtime_config(settings)
     defaults_rpc = RpcConfig()
     rpc = RpcConfig(
         max_message_bytes=settings.get("max_message_bytes", defaults_rpc.max_message_bytes),
@@ -414,17 +414,7 @@ def load_gateway_config(
 
 
 def _build_gateway_config(settings: Mapping[str, Any]) -> GatewayServerConfig:
-    reference = RuntimeConfig()
-    runtime = RuntimeConfig(
-        model_dirs=tuple(Path(d).expanduser() for d in settings.get("models", ()))
-        or reference.model_dirs,
-        model_names=settings.get("model") or None,
-        intra_op_threads=settings.get("intra_op_threads", reference.intra_op_threads),
-        per_model_concurrency=settings.get(
-            "per_model_concurrency", reference.per_model_concurrency
-        ),
-        executor_threads=settings.get("executor_threads", reference.executor_threads),
-    )
+    runtime = _runtime_config(settings)
     http = HttpConfig(
         port=settings.get("port", DEFAULT_GATEWAY_PORT),
         max_body_bytes=settings.get("max_body_bytes", DEFAULT_MAX_MESSAGE_BYTES),
