@@ -180,12 +180,16 @@ class WorkSharing:
     def placement(self, request: InferRequest, deadline_ms: float) -> Placement:
         """Whether ``request``, due within ``deadline_ms``, should stay in the
         mesh; InvalidInput if its inputs do not fit a model that runs here."""
-        if request.model in self.scheduler.models:
-            # Checked at the door, so that a bad request never travels to a
-            # thief or the gateway.
-            self._runtime.check_inputs(request.model, request.inputs)
         now = self._now()
-        return self.scheduler.placement(request.model, now + deadline_ms / 1000, now)
+        placement = self.scheduler.placement(request.model, now + deadline_ms / 1000, now)
+        if request.model in self.scheduler.models and (
+            placement.offload or self.scheduler.shares_work()
+        ):
+            # Checked at the door, so that a bad request is told so rather
+            # than refused, and never travels to a thief or the gateway. One
+            # that stays on a lone node is checked once, by the runtime.
+            self._runtime.check_inputs(request.model, request.inputs)
+        return placement
 
     async def infer(self, request: InferRequest) -> Answer:
         """Own ``request`` until it is answered: here, by a thief, or with an error."""
