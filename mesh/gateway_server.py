@@ -24,7 +24,6 @@ import json
 import logging
 from typing import Any
 
-from mesh._version import __version__
 from mesh.config import Emulation, GatewayServerConfig
 from mesh.core.capacity import Capacity, finish_s
 from mesh.core.emulation import EmulatedDevice
@@ -34,16 +33,14 @@ from mesh.errors import ConfigError, DeadlineExceeded, MeshError, Overloaded
 from mesh.gateway import GatewayClient
 from mesh.http_api import HttpServer
 from mesh.runtime import Runtime
-from mesh.service import Answer, InferenceService
+from mesh.service import Answer, EdgemeshServer, InferenceService
 
-__all__ = ["SERVER_NAME", "Gateway", "RuntimeService", "UpstreamService"]
+__all__ = ["Gateway", "RuntimeService", "UpstreamService"]
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "edgemesh"
 
-
-class RuntimeService:
+class RuntimeService(EdgemeshServer):
     """Serves the models of a :class:`~mesh.runtime.Runtime`, at most ``slots`` at a time.
 
     Up to ``queue_cap`` requests wait for a slot; one more is refused with
@@ -78,16 +75,6 @@ class RuntimeService:
         self.served = 0
         self.refused = 0
         self.expired = 0
-
-    @property
-    def server_name(self) -> str:
-        """``"edgemesh"``."""
-        return SERVER_NAME
-
-    @property
-    def server_version(self) -> str:
-        """This edgemesh's version."""
-        return __version__
 
     def ready(self) -> bool:
         """Always: the models were loaded before the service was made."""
@@ -199,23 +186,13 @@ class RuntimeService:
         return Answer(outputs=outputs, ran_on=self.name)
 
 
-class UpstreamService:
+class UpstreamService(EdgemeshServer):
     """Forwards every request to an upstream Open Inference Protocol server."""
 
     def __init__(self, client: GatewayClient, *, name: str = "gateway") -> None:
         """Forward through ``client`` (opened by the caller); answers say ``ran_on=name``."""
         self.name = name
         self._client = client
-
-    @property
-    def server_name(self) -> str:
-        """``"edgemesh"``: the upstream is an implementation detail to our clients."""
-        return SERVER_NAME
-
-    @property
-    def server_version(self) -> str:
-        """This edgemesh's version."""
-        return __version__
 
     def ready(self) -> bool:
         """Whether the upstream is believed to work (its circuit is closed)."""

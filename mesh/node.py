@@ -49,7 +49,7 @@ from mesh.http_api import HttpServer
 from mesh.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.rpc import Methods, RpcConnection, RpcServer
 from mesh.runtime import Runtime
-from mesh.service import Answer
+from mesh.service import Answer, EdgemeshServer
 from mesh.work import WorkSharing
 
 __all__ = ["Node"]
@@ -441,7 +441,7 @@ class Node:
         raise ModelNotFound(f"no node in the mesh serves model '{name}'")
 
 
-class _HttpFace:
+class _HttpFace(EdgemeshServer):
     """The node as the Open Inference Protocol sees it (an InferenceService).
 
     Kept apart because the node's ``ready`` is its readiness event.
@@ -449,14 +449,6 @@ class _HttpFace:
 
     def __init__(self, node: Node) -> None:
         self._node = node
-
-    @property
-    def server_name(self) -> str:
-        return "edgemesh"
-
-    @property
-    def server_version(self) -> str:
-        return __version__
 
     def ready(self) -> bool:
         return self._node.ready.is_set() and not self._node.stopping

@@ -12,10 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from mesh._version import __version__
 from mesh.core.handover import Tensors
 from mesh.core.requests import InferRequest
 
-__all__ = ["Answer", "InferenceService"]
+__all__ = ["SERVER_NAME", "Answer", "EdgemeshServer", "InferenceService"]
+
+# What every edgemesh endpoint calls itself in ``GET /v2``.
+SERVER_NAME = "edgemesh"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,3 +56,21 @@ class InferenceService(Protocol):
     async def infer(self, request: InferRequest) -> Answer:
         """Answer ``request`` or raise a MeshError saying why not."""
         ...
+
+
+class EdgemeshServer:
+    """The identity every edgemesh service reports, whatever answers behind it.
+
+    A node, the gateway and a gateway forwarding upstream all say
+    ``edgemesh`` and this version: to a client, the upstream is a detail.
+    """
+
+    @property
+    def server_name(self) -> str:
+        """``"edgemesh"``."""
+        return SERVER_NAME
+
+    @property
+    def server_version(self) -> str:
+        """This edgemesh's version."""
+        return __version__
