@@ -98,7 +98,6 @@ import os
 import random
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -134,9 +133,9 @@ from mesh.core import oip
 from mesh.core.codec import decode_tensors, encode_tensors
 from mesh.core.jobs import PeerLoad, SchedulerConfig
 from mesh.core.scheduler import Scheduler
-from mesh.demo import stop_process
-from mesh.errors import MeshError, PeerUnavailable
+from mesh.errors import MeshError
 from mesh.http_api import HEADER_LENGTH
+from mesh.processes import start_gateway_process, stop_process
 from mesh.rpc import RpcClient
 
 MODEL = "digits-small"
@@ -236,46 +235,21 @@ def default_gateway_queue_cap(slots: int, service_ms: float, deadline_ms: float)
 @contextlib.contextmanager
 def gateway_process(workdir: Path, fleet: Fleet) -> Iterator[int]:
     """An ``edgemesh gateway`` on 127.0.0.1 emulating the fleet's gateway; yields its port."""
-    ready = workdir / "gateway.ready.json"
-    log_path = workdir / "gateway.log"
-    command = [
-        sys.executable,
-        "-m",
-        "mesh",
-        "gateway",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        "--model",
-        MODEL,
-        "--slots",
-        str(fleet.gateway_slots),
-        "--queue-cap",
-        str(fleet.gateway_queue_cap),
-        "--emulate-service-ms",
-        f"{fleet.gateway_service_ms:g}",
-        "--log-level",
-        "warning",
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process, port = start_gateway_process(
+        workdir,
+        extra=[
+            "--model",
+            MODEL,
+            "--slots",
+            str(fleet.gateway_slots),
+            "--queue-cap",
+            str(fleet.gateway_queue_cap),
+            "--emulate-service-ms",
+            f"{fleet.gateway_service_ms:g}",
+        ],
+    )
     try:
-        deadline = time.monotonic() + GATEWAY_READY_TIMEOUT_S
-        while not ready.exists():
-            if process.poll() is not None:
-                raise PeerUnavailable(
-                    f"the gateway exited with {process.returncode}:\n"
-                    + log_path.read_text(errors="replace")[-2000:]
-                )
-            if time.monotonic() > deadline:
-                raise PeerUnavailable(
-                    f"the gateway did not start within {GATEWAY_READY_TIMEOUT_S:.0f} s"
-                )
-            time.sleep(0.05)
-        yield int(json.loads(ready.read_text())["http_port"])
+        yield port
     finally:
         stop_process(process)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -19,38 +18,14 @@ import aiohttp
 import numpy as np
 import pytest
 
-from mesh.config import GatewayClientConfig, GatewayServerConfig, HttpConfig, RuntimeConfig
-from mesh.gateway_server import Gateway
+from mesh.config import GatewayClientConfig, HttpConfig, RuntimeConfig
 from mesh.node import Node
 from mesh.runtime import Runtime
 from tests.conftest import MODELS_DIR, running_node
-from tests.test_gateway import misbehaving_server
+from tests.test_gateway import gateway_config, misbehaving_server, running_gateway
 from tests.test_work import converged, counters, mesh_node_config
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextlib.asynccontextmanager
-async def running_gateway() -> AsyncIterator[Gateway]:
-    config = GatewayServerConfig(
-        host="127.0.0.1",
-        http=HttpConfig(port=0),
-        runtime=RuntimeConfig(model_dirs=(MODELS_DIR,), model_names=("digits-large",)),
-    )
-    gateway = Gateway(config)
-    task = asyncio.create_task(gateway.run())
-    async with asyncio.timeout(30):
-        await asyncio.wait(
-            {task, asyncio.ensure_future(gateway.ready.wait())},
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-    if task.done():
-        task.result()
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-        await task
 
 
 def http_node(name: str, first: int | None, **overrides: Any) -> Any:
@@ -134,7 +109,10 @@ async def test_an_http_request_is_stolen_like_an_rpc_one(expected: Any) -> None:
 
 async def test_over_http_a_model_only_the_gateway_has_runs_there(expected: Any) -> None:
     x, _, large = expected
-    async with running_gateway() as gateway:
+    config = gateway_config(
+        runtime=RuntimeConfig(model_dirs=(MODELS_DIR,), model_names=("digits-large",))
+    )
+    async with running_gateway(config) as gateway:
         config = replace(http_node("edge", None), gateway=GatewayClientConfig(url=gateway.url))
         async with running_node(config) as node:
             status, meta = await get(node, "/v2/models/digits-large")
