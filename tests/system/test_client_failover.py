@@ -9,9 +9,7 @@ Every request must still be answered exactly once, correctly.
 
 from __future__ import annotations
 
-import secrets
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,8 @@ import onnxruntime as ort
 import pytest
 
 from mesh import MeshClient
-from mesh.demo import start_node_process, stop_process
 from tests.conftest import MODELS_DIR
+from tests.system.fleet import NodeFleet
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -31,36 +29,7 @@ REQUESTS = 300
 KILL_AT = 120  # requests handed to the client before the kill; 64 of them in flight
 
 
-class Processes:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.key = secrets.token_hex(32).encode()
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.ports: dict[str, int] = {}
-
-    def start(self, name: str) -> None:
-        flags = [
-            "--model",
-            "digits-small",
-            "--no-mdns",
-            "--slots",
-            "1",
-            "--executor-threads",
-            "1",
-            "--emulate-service-ms",
-            "20",
-            "--default-deadline-ms",
-            "600000",
-        ]
-        if self.ports:
-            flags += ["--peer", f"127.0.0.1:{self.ports[NAMES[0]]}"]
-        process, port = start_node_process(self.workdir, name=name, key=self.key, extra=flags)
-        self.processes[name] = process
-        self.ports[name] = port
-
-    def address(self, name: str) -> str:
-        return f"127.0.0.1:{self.ports[name]}"
-
+class Processes(NodeFleet):
     def kill(self, address: str) -> str:
         (name,) = (n for n in self.processes if self.address(n) == address)
         self.processes[name].send_signal(signal.SIGKILL)
@@ -69,14 +38,14 @@ class Processes:
 
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
+    # About failover, not admission: the mesh takes every request.
+    processes = Processes(tmp_path, extra=["--default-deadline-ms", "600000"])
     try:
         for name in NAMES:
             processes.start(name)
         yield processes
     finally:
-        for process in processes.processes.values():
-            stop_process(process)
+        processes.stop_all()
 
 
 async def test_killing_the_node_in_use_loses_no_request(

@@ -10,9 +10,7 @@ running the model directly in this process, wherever it ran.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,22 +21,20 @@ import onnxruntime as ort
 import pytest
 
 from mesh.client import Inference, MeshClient
-from mesh.demo import start_gateway_process, start_node_process, stop_process
+from mesh.demo import start_gateway_process
 from mesh.errors import Overloaded
 from tests.conftest import MODELS_DIR
+from tests.system.fleet import NodeFleet
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
 NAMES = ("entry", "peer")
 
 
-class Fleet:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.key = secrets.token_hex(32).encode()
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.ports: dict[str, int] = {}
-        self.gateway_port = 0
+class Fleet(NodeFleet):
+    """Two nodes with ``--gateway``, and the gateway process they point at."""
+
+    gateway_port = 0
 
     def start_gateway(self) -> None:
         # The same port on a restart: the nodes know the gateway by its URL.
@@ -46,27 +42,10 @@ class Fleet:
         self.processes["gateway"] = process
 
     def start_node(self, name: str) -> None:
-        flags = [
-            "--model",
-            "digits-small",
-            "--no-mdns",
-            "--slots",
-            "1",
-            "--executor-threads",
-            "1",
-            "--emulate-service-ms",
-            "20",
-            "--gateway",
-            f"http://127.0.0.1:{self.gateway_port}",
-        ]
-        if self.ports:
-            flags += ["--peer", f"127.0.0.1:{self.ports[NAMES[0]]}"]
-        process, port = start_node_process(self.workdir, name=name, key=self.key, extra=flags)
-        self.processes[name] = process
-        self.ports[name] = port
+        self.start(name, ["--gateway", f"http://127.0.0.1:{self.gateway_port}"])
 
     def client(self, name: str = NAMES[0]) -> MeshClient:
-        return MeshClient(f"127.0.0.1:{self.ports[name]}", mesh_key=self.key, timeout=30)
+        return super().client(name)
 
     def kill_gateway(self) -> None:
         process = self.processes.pop("gateway")
@@ -83,8 +62,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             fleet.start_node(name)
         yield fleet
     finally:
-        for process in fleet.processes.values():
-            stop_process(process)
+        fleet.stop_all()
 
 
 def direct(model: str, x: np.ndarray[Any, Any]) -> dict[str, np.ndarray[Any, Any]]:

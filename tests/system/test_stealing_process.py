@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import signal
 import subprocess
 import time
@@ -23,8 +22,8 @@ import onnxruntime as ort
 import pytest
 
 from mesh.client import MeshClient
-from mesh.demo import start_node_process, stop_process
 from tests.conftest import MODELS_DIR
+from tests.system.fleet import NodeFleet
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
@@ -32,51 +31,19 @@ NAMES = ("entry", "thief-a", "thief-b")
 SERVICE_MS = "20"
 
 
-class Processes:
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.key = secrets.token_hex(32).encode()
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.ports: dict[str, int] = {}
-
-    def start(self, name: str) -> None:
-        flags = [
-            "--model",
-            "digits-small",
-            "--no-mdns",
-            "--slots",
-            "1",
-            "--executor-threads",
-            "1",
-            "--emulate-service-ms",
-            SERVICE_MS,
-            # About stealing, not admission: the mesh takes the whole burst.
-            "--default-deadline-ms",
-            "600000",
-        ]
-        if self.ports:
-            flags += ["--peer", f"127.0.0.1:{self.ports[NAMES[0]]}"]
-        process, port = start_node_process(self.workdir, name=name, key=self.key, extra=flags)
-        self.processes[name] = process
-        self.ports[name] = port
-
-    def client(self, name: str) -> MeshClient:
-        return MeshClient(f"127.0.0.1:{self.ports[name]}", mesh_key=self.key, timeout=30)
-
-
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Processes]:
-    processes = Processes(tmp_path)
+def mesh(tmp_path: Path) -> Iterator[NodeFleet]:
+    # About stealing, not admission: the mesh takes the whole burst.
+    fleet = NodeFleet(tmp_path, service_ms=SERVICE_MS, extra=["--default-deadline-ms", "600000"])
     try:
         for name in NAMES:
-            processes.start(name)
-        yield processes
+            fleet.start(name)
+        yield fleet
     finally:
-        for process in processes.processes.values():
-            stop_process(process)
+        fleet.stop_all()
 
 
-async def statuses(mesh: Processes, names: tuple[str, ...] = NAMES) -> dict[str, Any]:
+async def statuses(mesh: NodeFleet, names: tuple[str, ...] = NAMES) -> dict[str, Any]:
     out = {}
     for name in names:
         async with mesh.client(name) as client:
@@ -84,7 +51,7 @@ async def statuses(mesh: Processes, names: tuple[str, ...] = NAMES) -> dict[str,
     return out
 
 
-async def wait_for_mesh(mesh: Processes) -> None:
+async def wait_for_mesh(mesh: NodeFleet) -> None:
     async with asyncio.timeout(30):
         while True:
             views = await statuses(mesh)
@@ -118,7 +85,7 @@ async def burst(
 
 
 def test_a_burst_at_one_node_is_shared_by_all_three(
-    mesh: Processes, digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
+    mesh: NodeFleet, digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 ) -> None:
     images = digits[0][:150].astype(np.float32)
 
@@ -139,7 +106,7 @@ def test_a_burst_at_one_node_is_shared_by_all_three(
 
 
 def test_a_thief_killed_mid_burst_loses_nothing(
-    mesh: Processes, digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
+    mesh: NodeFleet, digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 ) -> None:
     images = digits[0][:240].astype(np.float32)
     victim = "thief-a"
