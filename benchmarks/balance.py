@@ -110,9 +110,10 @@ from machine_info import machine, machine_line
 from rpc_overhead import direct_session
 from stoppable import run_stoppable
 
-from mesh.client import MeshClient
-from mesh.demo import load_test_digits, start_node_process, stop_process
+from mesh.demo.processes import start_node_process, stop_process
+from mesh.demo.run import load_test_digits
 from mesh.errors import MeshError
+from mesh.sdk.client import MeshClient
 
 MODEL = "digits-small"
 SPEED_PATTERN = (1.0, 1.0, 2.0, 4.0)

@@ -44,7 +44,7 @@ Sections:
    min(offered, mesh + gateway capacity).
 2. **Fallback decision time**: the nodes' own mean (``routing.decision_us_mean``
    of ``status()``, over every request they routed), and an in-process
-   micro-benchmark of the pure rule, :meth:`mesh.core.scheduler.Scheduler.placement`,
+   micro-benchmark of the pure rule, :meth:`mesh.core.scheduling.scheduler.Scheduler.placement`,
    with 1, 16 and 64 peers and 500 requests queued. Target: under 1 ms.
 3. **HTTP against RPC**: one plain node (no emulation) with ``--http-port 0``;
    one request of one row at a time, in interleaved rounds so that every
@@ -52,7 +52,7 @@ Sections:
    (``MeshClient.infer``), V2 REST with JSON tensors, V2 REST with binary
    tensors (Triton's extension, both ways), and onnxruntime in this process
    as the floor. The HTTP client encodes and parses with the product's own
-   V2 codec (:mod:`mesh.core.oip`), each call, as the SDK encodes each call.
+   V2 codec (:mod:`mesh.core.wire.oip`), each call, as the SDK encodes each call.
 
 Choices worth knowing:
 
@@ -127,16 +127,16 @@ from balance import (
 from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
-from mesh.client import MeshClient
 from mesh.config import RpcConfig
-from mesh.core import oip
-from mesh.core.codec import decode_tensors, encode_tensors
-from mesh.core.jobs import PeerLoad, SchedulerConfig
-from mesh.core.scheduler import Scheduler
+from mesh.core.scheduling.jobs import PeerLoad, SchedulerConfig
+from mesh.core.scheduling.scheduler import Scheduler
+from mesh.core.wire import oip
+from mesh.core.wire.tensors import decode_tensors, encode_tensors
+from mesh.demo.processes import start_gateway_process, stop_process
 from mesh.errors import MeshError
-from mesh.http_api import HEADER_LENGTH
-from mesh.processes import start_gateway_process, stop_process
+from mesh.http.server import HEADER_LENGTH
 from mesh.rpc import RpcClient
+from mesh.sdk.client import MeshClient
 
 MODEL = "digits-small"
 LEVELS = (0.5, 0.9, 1.0, 1.5, 2.0, 3.0)

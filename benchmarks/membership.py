@@ -66,9 +66,9 @@ import numpy as np
 from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
-from mesh.client import MeshClient
-from mesh.demo import node_command
+from mesh.demo.processes import node_command
 from mesh.errors import MeshError
+from mesh.sdk.client import MeshClient
 
 MODEL = "digits-small"
 PROFILES: dict[str, list[str]] = {

@@ -13,7 +13,7 @@ In one run, on this machine, over loopback only, it measures ``digits-small``
 * onnxruntime called directly in this process, with the node's session
   options (one intra-op thread, spinning off);
 * the same inference through a real ``edgemesh node`` process holding a mesh
-  key (the authenticated path), via :class:`mesh.client.MeshClient`: one call
+  key (the authenticated path), via :class:`mesh.sdk.client.MeshClient`: one call
   in flight (latency), then many in flight on one connection (throughput);
 * ``ping`` through the node, one in flight and many in flight;
 * ``ping`` carrying a 600 KB parameter, which the node reads, parses and
@@ -60,14 +60,14 @@ import onnxruntime as ort
 from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
-from mesh.client import MeshClient
 from mesh.config import RpcConfig, RuntimeConfig, bundled_models_dir
-from mesh.core.codec import encode_tensors
-from mesh.core.framing import encode_request, encode_response
-from mesh.demo import start_node_process, stop_process
+from mesh.core.wire.framing import encode_request, encode_response
+from mesh.core.wire.tensors import encode_tensors
+from mesh.demo.processes import start_node_process, stop_process
 from mesh.errors import BadRequest
 from mesh.rpc import RpcClient
-from mesh.runtime import Runtime
+from mesh.runtime.runtime import Runtime
+from mesh.sdk.client import MeshClient
 
 MODEL = "digits-small"
 ROWS = {"256 B": 1, "4 KB": 16, "600 KB": 2400}

@@ -14,8 +14,10 @@ away. :class:`Client` is the same for scripts and notebooks, without ``await``.
 Every error raised on purpose is a :class:`MeshError`; see :mod:`mesh.errors`.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from mesh._version import __version__
-from mesh.client import Inference, MeshClient, ModelInfo, TensorInfo
 from mesh.errors import (
     AuthError,
     BadRequest,
@@ -37,7 +39,35 @@ from mesh.errors import (
     RpcTimeout,
     TransportError,
 )
-from mesh.sync_client import Client
+
+if TYPE_CHECKING:  # the SDK is imported on first use; see __getattr__
+    from mesh.sdk.client import Inference, MeshClient, ModelInfo, TensorInfo
+    from mesh.sdk.sync import Client
+
+# The SDK pulls in asyncio, sockets and zeroconf. Importing it lazily (PEP 562)
+# keeps ``import mesh.core...`` and ``import mesh.errors`` free of all that.
+_LAZY = {
+    "Client": "mesh.sdk.sync",
+    "Inference": "mesh.sdk.client",
+    "MeshClient": "mesh.sdk.client",
+    "ModelInfo": "mesh.sdk.client",
+    "TensorInfo": "mesh.sdk.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import an SDK name the first time it is asked for."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mesh' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "AuthError",

@@ -1,6 +1,6 @@
 """What an inference front end needs from whatever answers it.
 
-The HTTP API (:mod:`mesh.http_api`) serves the Open Inference Protocol on
+The HTTP API (:mod:`mesh.http.server`) serves the Open Inference Protocol on
 top of an :class:`InferenceService`. A node implements it by sending each
 request through its scheduler (the mesh, then the gateway); the gateway
 implements it with onnxruntime or by forwarding to an upstream V2 server.
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mesh._version import __version__
-from mesh.core.handover import Tensors
-from mesh.core.requests import InferRequest
+from mesh.core.wire.requests import InferRequest
+from mesh.core.wire.tensors import Tensors
 
 __all__ = ["SERVER_NAME", "Answer", "EdgemeshServer", "InferenceService"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mesh.config import MeshConfig, NodeConfig, RuntimeConfig
-from mesh.node import Node
+from mesh.node.node import Node
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"

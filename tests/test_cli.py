@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from mesh.cli import _parser, main
+from mesh.cli.logs import configure_logging
+from mesh.cli.main import _parser, main
 from mesh.config import GATEWAY_SETTING_KEYS, NODE_SETTING_KEYS, load_node_config
-from mesh.logs import configure_logging
 
 COMMANDS = ("node", "gateway", "infer", "models", "status", "demo")
 # Flags that are not settings: the file itself, and argparse's own.

@@ -26,7 +26,7 @@ from mesh import (
     PeerUnavailable,
 )
 from mesh.config import MeshConfig
-from mesh.node import Node
+from mesh.node.node import Node
 from tests.conftest import KEY, MODELS_DIR, node_config, running_node
 from tests.test_work import counters, mesh_node_config, mesh_of
 

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-import mesh.discovery
-from mesh.core.adverts import SERVICE_TYPE, Advert, instance_name
-from mesh.discovery import DiscoveryEvent, MdnsDiscovery, PeerGone, PeerSeen
+import mesh.mdns
+from mesh.core.membership.adverts import SERVICE_TYPE, Advert, instance_name
 from mesh.errors import ConfigError
+from mesh.mdns import DiscoveryEvent, MdnsDiscovery, PeerGone, PeerSeen
 
 LOOPBACK = ["127.0.0.1"]
 MESH = "0123456789abcdef"
@@ -170,7 +170,7 @@ async def test_a_node_that_stops_is_gone_at_once() -> None:
 async def test_forged_records_are_ignored_and_reported_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="mesh.discovery")
+    caplog.set_level(logging.INFO, logger="mesh.mdns")
     me = _advert(_unique("me"), 7200)
     good = _advert(_unique("good"), 7201)
     garbage = _unique("garbage")
@@ -230,7 +230,7 @@ async def test_forged_records_are_ignored_and_reported_once(
         assert "not on the networks of 127.0.0.1" in messages
         assert "disagrees with the SRV port" in messages
         assert "not UTF-8" in messages
-        assert all(r.name == "mesh.discovery" for r in warnings), "zeroconf complained"
+        assert all(r.name == "mesh.mdns" for r in warnings), "zeroconf complained"
 
 
 async def test_a_name_already_taken_on_the_network_is_a_config_error() -> None:
@@ -250,7 +250,7 @@ async def test_only_loopback_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
             super().__init__(**kwargs)
             made.append(self)
 
-    monkeypatch.setattr(mesh.discovery, "AsyncZeroconf", Recording)
+    monkeypatch.setattr(mesh.mdns, "AsyncZeroconf", Recording)
     async with running(_advert(_unique("lo"), 7400)):
         engine = made[0].zeroconf.engine
         assert engine.senders, "no socket to send on"

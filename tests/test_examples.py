@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.demo import start_node_process, stop_process
+from mesh.demo.processes import start_node_process, stop_process
 from tests.conftest import MODELS_DIR, REPO
 from tests.system.netns import LabUnavailable, NetnsLab, unavailable_reason
 

@@ -23,8 +23,8 @@ from mesh.config import (
     RuntimeConfig,
     load_gateway_config,
 )
-from mesh.core.oip import model_metadata
-from mesh.core.requests import InferRequest
+from mesh.core.wire.oip import model_metadata
+from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
@@ -35,9 +35,9 @@ from mesh.errors import (
     PeerUnavailable,
     ProtocolError,
 )
-from mesh.gateway import GatewayClient
-from mesh.gateway_server import Gateway, RuntimeService
-from mesh.runtime import Runtime
+from mesh.gateway.client import GatewayClient
+from mesh.gateway.server import Gateway, RuntimeService
+from mesh.runtime.runtime import Runtime
 from tests.conftest import MODELS_DIR
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]

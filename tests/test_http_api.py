@@ -21,8 +21,8 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from mesh.config import HttpConfig, RuntimeConfig
-from mesh.core import oip
-from mesh.core.requests import InferRequest
+from mesh.core.wire import oip
+from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
     DeadlineExceeded,
     InferenceFailed,
@@ -33,8 +33,8 @@ from mesh.errors import (
     ProtocolError,
     RemoteError,
 )
-from mesh.http_api import HEADER_LENGTH, HttpServer
-from mesh.runtime import Runtime
+from mesh.http.server import HEADER_LENGTH, HttpServer
+from mesh.runtime.runtime import Runtime
 from mesh.service import Answer
 from tests.conftest import MODELS_DIR
 
@@ -519,11 +519,11 @@ async def test_a_bug_is_500_without_details_and_logged(
 ) -> None:
     echo.fail = RuntimeError("secret detail")
     body, _ = oip.encode_infer_request({"T": np.ones(1)}, binary=False)
-    with caplog.at_level(logging.ERROR, logger="mesh.http_api"):
+    with caplog.at_level(logging.ERROR, logger="mesh.http.server"):
         status, error = await error_of(http, "POST", f"{echo_url}/v2/models/echo/infer", body)
     assert status == 500
     assert error == {"error": "internal error", "code": "InternalError"}
-    (record,) = [r for r in caplog.records if r.name == "mesh.http_api"]
+    (record,) = [r for r in caplog.records if r.name == "mesh.http.server"]
     assert record.exc_info is not None and "secret detail" in str(record.exc_info[1])
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from mesh import MeshClient
 from mesh.config import MeshConfig, NodeConfig
-from mesh.node import Node
+from mesh.node.node import Node
 from tests.conftest import KEY, RawConnection, node_config, running_node
 
 FAST = {"gossip_interval_s": 0.05, "suspect_after_s": 0.4, "dead_after_s": 0.3}

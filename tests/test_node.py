@@ -24,7 +24,7 @@ from mesh import (
     Overloaded,
 )
 from mesh.config import RuntimeConfig
-from mesh.core.codec import encode_tensors
+from mesh.core.wire.tensors import encode_tensors
 from tests.conftest import KEY, MODELS_DIR, RawConnection, node_config, running_node
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]

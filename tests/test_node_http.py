@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from mesh.config import GatewayClientConfig, HttpConfig, RuntimeConfig
-from mesh.node import Node
-from mesh.runtime import Runtime
+from mesh.node.node import Node
+from mesh.runtime.runtime import Runtime
 from tests.conftest import MODELS_DIR, running_node
 from tests.test_gateway import gateway_config, misbehaving_server, running_gateway
 from tests.test_work import converged, counters, mesh_node_config

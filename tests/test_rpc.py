@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from mesh.config import RpcConfig
-from mesh.core.addresses import parse_address
+from mesh.core.wire.addresses import parse_address
 from mesh.errors import (
     AuthError,
     BadRequest,

@@ -26,7 +26,7 @@ from mesh.errors import (
     ModelIntegrityError,
     ModelNotFound,
 )
-from mesh.runtime import UNLISTED_VERSION, Runtime
+from mesh.runtime.runtime import UNLISTED_VERSION, Runtime
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("cnn-heavy", "digits-large", "digits-small")
@@ -603,7 +603,10 @@ def test_broken_user_file_is_skipped_with_an_error(
 ) -> None:
     shutil.copyfile(MODELS_DIR / "digits-small.onnx", tmp_path / "good.onnx")
     (tmp_path / "broken.onnx").write_bytes(b"not a model")
-    with caplog.at_level(logging.ERROR, logger="mesh.runtime"), Runtime(_config(tmp_path)) as rt:
+    with (
+        caplog.at_level(logging.ERROR, logger="mesh.runtime"),
+        Runtime(_config(tmp_path)) as rt,
+    ):
         assert rt.names == ("good",)
     assert any("broken.onnx" in r.getMessage() for r in caplog.records)
     # Asked for by name, the same file is a configuration error, with the reason.
@@ -625,7 +628,10 @@ def test_unsupported_tensor_types_are_skipped(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     (tmp_path / "strings.onnx").write_bytes(model.SerializeToString())
-    with caplog.at_level(logging.ERROR, logger="mesh.runtime"), Runtime(_config(tmp_path)) as rt:
+    with (
+        caplog.at_level(logging.ERROR, logger="mesh.runtime"),
+        Runtime(_config(tmp_path)) as rt,
+    ):
         assert rt.names == ()
     assert any(
         "strings.onnx" in r.getMessage() and "tensor(string)" in r.getMessage()
@@ -662,7 +668,10 @@ def test_duplicate_names_across_dirs(tmp_path: Path) -> None:
 
 def test_bad_user_file_name_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shutil.copyfile(MODELS_DIR / "digits-small.onnx", tmp_path / "my model.onnx")
-    with caplog.at_level(logging.ERROR, logger="mesh.runtime"), Runtime(_config(tmp_path)) as rt:
+    with (
+        caplog.at_level(logging.ERROR, logger="mesh.runtime"),
+        Runtime(_config(tmp_path)) as rt,
+    ):
         assert rt.names == ()
     assert any("my model.onnx" in r.getMessage() for r in caplog.records)
 

@@ -12,10 +12,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mesh.client import MeshClient
 from mesh.config import Emulation, MeshConfig, RuntimeConfig, WorkConfig
 from mesh.errors import DeadlineExceeded, ModelNotFound, Overloaded
-from mesh.node import Node
+from mesh.node.node import Node
+from mesh.sdk.client import MeshClient
 from tests.conftest import MODELS_DIR, RawConnection, node_config, running_node
 
 pytestmark = pytest.mark.timeout(60)

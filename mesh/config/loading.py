@@ -27,7 +27,7 @@ from mesh.config.settings import (
     RuntimeConfig,
     WorkConfig,
 )
-from mesh.core.addresses import parse_address
+from mesh.core.wire.addresses import parse_address
 from mesh.errors import ConfigError
 
 # --- resolving settings from file, environment and flags ----------------------

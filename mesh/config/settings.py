@@ -11,7 +11,9 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Defined beside the rules that use them, so that mesh.core imports nothing from here.
+from mesh.core.policy.breaker import BreakerConfig as BreakerConfig
+from mesh.core.wire.framing import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 
 
 def bundled_models_dir() -> Path:
@@ -128,19 +130,6 @@ class HttpConfig:
     port: int | None = None
     # Largest request body accepted; a bigger one is refused with 413.
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-
-
-@dataclass(frozen=True)
-class BreakerConfig:
-    """When a node stops sending to a failing gateway, and how it probes it."""
-
-    # Consecutive failures (no answer, a timeout, a 5xx other than 503,
-    # garbage) that open the circuit.
-    failure_threshold: int = 3
-    # How long the circuit stays open before the first probe; doubled after
-    # each failed probe up to max_open_s.
-    open_s: float = 1.0
-    max_open_s: float = 30.0
 
 
 @dataclass(frozen=True)

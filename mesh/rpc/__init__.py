@@ -1,4 +1,4 @@
-"""msgpack-RPC over TCP: the asyncio edge around :mod:`mesh.core.framing`.
+"""msgpack-RPC over TCP: the asyncio edge around :mod:`mesh.core.wire.framing`.
 
 * :class:`RpcConnection`: one connection, symmetric (call, answer, notify).
 * :class:`RpcServer`: accepts connections; enforces the mesh-key handshake.

@@ -7,7 +7,7 @@ import secrets
 from typing import Any, Self
 
 from mesh.config import RpcConfig
-from mesh.core import auth
+from mesh.core.wire import auth
 from mesh.errors import AuthError, PeerUnavailable, ProtocolError
 from mesh.rpc.connection import Methods, RpcConnection
 

@@ -1,4 +1,4 @@
-"""One msgpack-RPC connection: an asyncio Protocol around :mod:`mesh.core.framing`.
+"""One msgpack-RPC connection: an asyncio Protocol around :mod:`mesh.core.wire.framing`.
 
 The connection is symmetric: either side may call, answer and notify, which
 is what node-to-node traffic needs. Calls are pipelined: many may be in
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.config import RpcConfig
-from mesh.core import auth
-from mesh.core.framing import (
+from mesh.core.wire import auth
+from mesh.core.wire.framing import (
     MAX_MSGID,
     NEED_DATA,
     InvalidMessage,
@@ -280,7 +280,7 @@ class RpcConnection(asyncio.Protocol):
     def send_encoded(self, data: bytes) -> None:
         """Send one message that is already encoded, such as a notification for many peers.
 
-        Encode it with :mod:`mesh.core.framing` under this connection's size limit.
+        Encode it with :mod:`mesh.core.wire.framing` under this connection's size limit.
         """
         if self._closing:
             raise PeerUnavailable(f"connection to {self.peer} is closed")

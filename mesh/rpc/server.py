@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.config import RpcConfig
-from mesh.core import auth
+from mesh.core.wire import auth
 from mesh.errors import PeerUnavailable
 from mesh.rpc.connection import Methods, RpcConnection
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.core.adverts import (
+from mesh.core.membership.adverts import (
     MAX_TXT_BYTES,
     SERVICE_TYPE,
     Advert,

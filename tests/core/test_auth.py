@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core import auth
+from mesh.core.wire import auth
 from mesh.errors import AuthError, BadRequest
 
 KEY = b"k" * 32

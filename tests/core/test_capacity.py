@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from mesh.core.capacity import Capacity, finish_s, place, water_level
-from mesh.core.jobs import PeerLoad, SchedulerConfig
-from mesh.core.scheduler import Scheduler
+from mesh.core.policy.capacity import Capacity, finish_s, place, water_level
+from mesh.core.scheduling.jobs import PeerLoad, SchedulerConfig
+from mesh.core.scheduling.scheduler import Scheduler
 from mesh.errors import ConfigError
 
 M = "digits-small"

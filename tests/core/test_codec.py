@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mesh.core.codec import WIRE_DTYPES, decode_tensor, decode_tensors, encode_tensor
+from mesh.core.wire.tensors import WIRE_DTYPES, decode_tensor, decode_tensors, encode_tensor
 from mesh.errors import InvalidInput
 
 DTYPES = list(WIRE_DTYPES.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.core.emulation import EmulatedDevice
+from mesh.core.scheduling.emulation import EmulatedDevice
 
 
 def test_calls_queue_behind_each_other_without_drift() -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.core.framing import (
+from mesh.core.wire.framing import (
     NEED_DATA,
     InvalidMessage,
     Notification,

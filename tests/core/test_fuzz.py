@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.core.codec import decode_tensor, decode_tensors
-from mesh.core.framing import InvalidMessage, Notification, Request, Response, parse_message
-from mesh.core.requests import InferRequest, parse_infer
+from mesh.core.wire.framing import InvalidMessage, Notification, Request, Response, parse_message
+from mesh.core.wire.requests import InferRequest, parse_infer
+from mesh.core.wire.tensors import decode_tensor, decode_tensors
 from mesh.errors import MeshError
 
 scalars = (
@@ -117,7 +117,7 @@ hearsay_entries = st.fixed_dictionaries(
 @settings(max_examples=500)
 def test_the_fast_digest_path_agrees_with_the_careful_one(entry: Any) -> None:
     """The fast path may only accept what the careful parser accepts, and the same way."""
-    from mesh.core.gossip import _hearsay, _quick_hearsay
+    from mesh.core.membership.gossip import _hearsay, _quick_hearsay
 
     try:
         careful: Any = _hearsay(entry, "members[0]")

@@ -19,8 +19,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.core.gossip import MAX_MODELS, MAX_SLOTS, MAX_TEXT
-from mesh.core.handover import (
+from mesh.core.membership.gossip import MAX_MODELS, MAX_SLOTS, MAX_TEXT
+from mesh.core.scheduling.jobs import (
+    Job,
+    PeerLoad,
+    RunLocal,
+    SchedulerConfig,
+    Steal,
+    StealAsk,
+)
+from mesh.core.scheduling.scheduler import Scheduler
+from mesh.core.wire.handover import (
     MAX_GRANT,
     Handoff,
     ResultNotice,
@@ -34,15 +43,6 @@ from mesh.core.handover import (
     parse_result,
     parse_steal_ask,
 )
-from mesh.core.jobs import (
-    Job,
-    PeerLoad,
-    RunLocal,
-    SchedulerConfig,
-    Steal,
-    StealAsk,
-)
-from mesh.core.scheduler import Scheduler
 from mesh.errors import (
     BadRequest,
     DeadlineExceeded,

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mesh.core.models import (
+from mesh.core.models.signatures import (
     ManifestEntry,
     ModelSpec,
     TensorSpec,

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mesh.core import oip
-from mesh.core.models import ModelSpec, TensorSpec
+from mesh.core.models.signatures import ModelSpec, TensorSpec
+from mesh.core.wire import oip
 from mesh.errors import BadRequest, InvalidInput, MeshError, ProtocolError
 
 Array = np.ndarray[Any, Any]

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.core.peers import (
+from mesh.core.membership.peers import (
     MAX_MEMBERS,
     MAX_MODELS,
     MAX_SLOTS,

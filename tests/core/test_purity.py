@@ -23,11 +23,11 @@ FORBIDDEN = {
     "os",
     "pathlib",
     "mesh.rpc",
-    "mesh.node",
-    "mesh.runtime",
-    "mesh.discovery",
-    "mesh.http_api",
-    "mesh.gateway",
+    "mesh.node.node",
+    "mesh.runtime.runtime",
+    "mesh.mdns",
+    "mesh.http.server",
+    "mesh.gateway.client",
 }
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mesh.core.codec import encode_tensors
-from mesh.core.requests import parse_infer
+from mesh.core.wire.requests import parse_infer
+from mesh.core.wire.tensors import encode_tensors
 from mesh.errors import BadRequest, InvalidInput
 
 INPUTS = encode_tensors({"X": np.zeros((1, 64), dtype=np.float32)})

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from mesh.core.jobs import (
+from mesh.core.scheduling.jobs import (
     Abort,
     Action,
     Cancel,
@@ -41,7 +41,7 @@ from mesh.core.jobs import (
     Steal,
     StealAsk,
 )
-from mesh.core.scheduler import Scheduler
+from mesh.core.scheduling.scheduler import Scheduler
 from mesh.errors import ConfigError, DeadlineExceeded, MeshError, ModelNotFound
 
 M = "digits-small"  # the model every node holds

@@ -13,8 +13,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from mesh.client import MeshClient
-from mesh.processes import start_node_process, stop_process
+from mesh.demo.processes import start_node_process, stop_process
+from mesh.sdk.client import MeshClient
 
 
 class NodeFleet:

@@ -20,9 +20,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mesh.client import Inference, MeshClient
-from mesh.demo import start_gateway_process
+from mesh.demo.processes import start_gateway_process
 from mesh.errors import Overloaded
+from mesh.sdk.client import Inference, MeshClient
 from tests.conftest import MODELS_DIR
 from tests.system.fleet import NodeFleet
 

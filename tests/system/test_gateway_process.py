@@ -16,7 +16,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from mesh.demo import stop_process
+from mesh.demo.processes import stop_process
 from tests.conftest import MODELS_DIR
 
 pytestmark = pytest.mark.system

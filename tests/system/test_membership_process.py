@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from mesh import Client
-from mesh.demo import start_node_process, stop_process
+from mesh.demo.processes import start_node_process, stop_process
 
 pytestmark = pytest.mark.system
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mesh import AuthError, Client, InvalidInput
-from mesh.demo import start_node_process, stop_process
+from mesh.demo.processes import start_node_process, stop_process
 from tests.conftest import KEY
 
 pytestmark = pytest.mark.system

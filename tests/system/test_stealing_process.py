@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mesh.client import MeshClient
+from mesh.sdk.client import MeshClient
 from tests.conftest import MODELS_DIR
 from tests.system.fleet import NodeFleet
 

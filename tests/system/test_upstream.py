@@ -25,9 +25,9 @@ import onnxruntime as ort
 import pytest
 
 from mesh.config import GatewayClientConfig
-from mesh.demo import stop_process
+from mesh.demo.processes import stop_process
 from mesh.errors import ModelNotFound
-from mesh.gateway import GatewayClient
+from mesh.gateway.client import GatewayClient
 from tests.conftest import MODELS_DIR
 from tests.system.test_gateway_process import start_gateway
 

@@ -1,0 +1,491 @@
+"""Model signatures, the model manifest, and input validation.
+
+Pure: no file I/O, no onnxruntime, no asyncio. :mod:`mesh.runtime.runtime` reads the
+files and asks onnxruntime what a model declares; this module decides whether
+all of that is consistent and whether a request's inputs fit a model.
+
+A signature is a tuple of :class:`TensorSpec`. Shapes use ``None`` for a
+dynamic dimension in Python and ``-1`` on the wire and in the manifest, the
+convention of the Open Inference Protocol metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from mesh.errors import ConfigError, InvalidInput, ModelError, ProtocolError
+
+__all__ = [
+    "SUPPORTED_DTYPES",
+    "ManifestEntry",
+    "ModelSource",
+    "ModelSpec",
+    "TensorSpec",
+    "check_model_name",
+    "dtype_from_onnx",
+    "parse_manifest",
+    "shape_from_onnx",
+    "signature_mismatch",
+    "validate_inputs",
+]
+
+ModelSource = Literal["manifest", "file"]
+
+# onnxruntime's type strings for the tensor element types we serve. Strings,
+# sequences and maps have no fixed-size numpy form and cannot travel as a
+# wire tensor, so a model using them is not servable.
+_ONNX_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(bool)": np.dtype(np.bool_),
+    "tensor(int8)": np.dtype(np.int8),
+    "tensor(int16)": np.dtype(np.int16),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(uint8)": np.dtype(np.uint8),
+    "tensor(uint16)": np.dtype(np.uint16),
+    "tensor(uint32)": np.dtype(np.uint32),
+    "tensor(uint64)": np.dtype(np.uint64),
+}
+
+SUPPORTED_DTYPES: frozenset[str] = frozenset(dt.name for dt in _ONNX_TO_NUMPY.values())
+"""Numpy dtype names a model input or output may have."""
+
+# Names end up in URLs (/v2/models/{name}) and log lines, so keep them plain.
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a model.
+
+    ``dtype`` is always a native-byte-order numpy dtype from
+    :data:`SUPPORTED_DTYPES`; ``shape`` has ``None`` for dynamic dimensions.
+    """
+
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int | None, ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        """``{"name": "X", "dtype": "float32", "shape": [-1, 64]}``."""
+        return {
+            "name": self.name,
+            "dtype": self.dtype.name,
+            "shape": [-1 if d is None else d for d in self.shape],
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> TensorSpec:
+        """Parse what :meth:`to_wire` produced (e.g. from a peer); ProtocolError if malformed."""
+        try:
+            return _tensor_spec_from_mapping(obj, "tensor spec")
+        except ConfigError as exc:
+            raise ProtocolError(exc.message) from exc
+
+    def describe(self) -> str:
+        """Short human form for error messages: ``'X' (float32 [-1, 64])``."""
+        return f"'{self.name}' ({self.dtype.name} {_shape_str(self.shape)})"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a node tells others about a model it serves."""
+
+    name: str
+    version: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    description: str = ""
+    accuracy: float | None = None
+    # A model only worth running on strong hardware: the mesh sends it to the
+    # cloud gateway rather than to edge peers.
+    compute_only: bool = False
+    # "manifest" when the file was checked against a manifest entry, "file"
+    # when it was found on disk and served as it is.
+    source: ModelSource = "file"
+
+    def to_wire(self) -> dict[str, Any]:
+        """A msgpack/JSON-friendly map; ``accuracy`` only when known."""
+        wire: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "inputs": [t.to_wire() for t in self.inputs],
+            "outputs": [t.to_wire() for t in self.outputs],
+            "description": self.description,
+            "compute_only": self.compute_only,
+            "source": self.source,
+        }
+        if self.accuracy is not None:
+            wire["accuracy"] = self.accuracy
+        return wire
+
+    @classmethod
+    def from_wire(cls, obj: object) -> ModelSpec:
+        """Parse what :meth:`to_wire` produced (e.g. from a peer); ProtocolError if malformed."""
+        try:
+            return _model_spec_from_mapping(obj)
+        except ConfigError as exc:
+            raise ProtocolError(exc.message) from exc
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One ``[models.<name>]`` table of a manifest, validated.
+
+    ``inputs``/``outputs`` are None when the manifest does not declare them;
+    the model file's own signature is then used as it is.
+    """
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    description: str = ""
+    accuracy: float | None = None
+    compute_only: bool = False
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+
+
+# --- ONNX type mapping -------------------------------------------------------
+
+
+def dtype_from_onnx(type_str: str) -> np.dtype[Any]:
+    """Map an onnxruntime type string such as ``"tensor(float)"`` to a numpy dtype.
+
+    Raises :class:`ModelError` for types we cannot serve (strings, sequences, maps).
+    """
+    dtype = _ONNX_TO_NUMPY.get(type_str)
+    if dtype is None:
+        supported = ", ".join(sorted(_ONNX_TO_NUMPY))
+        raise ModelError(f"unsupported ONNX type {type_str!r}; supported types: {supported}")
+    return dtype
+
+
+def shape_from_onnx(shape: Sequence[object]) -> tuple[int | None, ...]:
+    """Turn onnxruntime's shape list into ours.
+
+    onnxruntime gives an int for a fixed dimension and a string (symbolic,
+    ``"N"``) or None for a dynamic one; all dynamic forms become None.
+    """
+    return tuple(
+        d if isinstance(d, int) and not isinstance(d, bool) and d >= 0 else None for d in shape
+    )
+
+
+# --- names and signatures ------------------------------------------------------
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is usable as a model name."""
+    if not _NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"invalid model name {name!r}: expected 1-128 characters of letters, digits,"
+            " '.', '_' or '-', starting with a letter or digit"
+        )
+
+
+def signature_mismatch(
+    declared: Sequence[TensorSpec], actual: Sequence[TensorSpec], kind: str
+) -> str | None:
+    """Describe how a declared signature differs from a model's own, or None if it agrees.
+
+    Order is ignored (tensors are addressed by name); dtype and shape must be
+    equal, dynamic dimensions included, so the manifest never promises a batch
+    size the model cannot take. ``kind`` is ``"input"`` or ``"output"``.
+    """
+    want = {t.name: t for t in declared}
+    have = {t.name: t for t in actual}
+    if want.keys() != have.keys():
+        return f"declared {kind}s {_names(want)} but the model has {kind}s {_names(have)}"
+    for name, spec in want.items():
+        real = have[name]
+        if spec.dtype != real.dtype or spec.shape != real.shape:
+            return (
+                f"{kind} '{name}' is declared as {spec.describe()}"
+                f" but the model has {real.describe()}"
+            )
+    return None
+
+
+# --- input validation ---------------------------------------------------------
+
+
+def validate_inputs(spec: ModelSpec, inputs: Mapping[str, object]) -> None:
+    """Check request inputs against a model's signature; :class:`InvalidInput` if they don't fit.
+
+    Checks, in order: names (missing and unexpected together, since a typo
+    causes both), that each value is an ndarray, dtype (object arrays and
+    non-native byte order are refused: onnxruntime would misread the bytes),
+    rank, and every fixed dimension. Dynamic dimensions accept any size,
+    zero included.
+    """
+    expected = {t.name for t in spec.inputs}
+    missing = [t.name for t in spec.inputs if t.name not in inputs]
+    unexpected = sorted(str(k) for k in inputs if k not in expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {_quoted(missing)}")
+        if unexpected:
+            parts.append(f"unexpected input(s) {_quoted(unexpected)}")
+        wanted = ", ".join(t.describe() for t in spec.inputs) or "none"
+        raise InvalidInput(f"model '{spec.name}': {'; '.join(parts)}; expected inputs: {wanted}")
+    for tensor in spec.inputs:
+        _check_tensor(spec.name, tensor, inputs[tensor.name])
+
+
+def _check_tensor(model: str, tensor: TensorSpec, value: object) -> None:
+    where = f"input '{tensor.name}' of model '{model}'"
+    if not isinstance(value, np.ndarray):
+        raise InvalidInput(
+            f"{where}: expected a numpy array of {tensor.dtype.name}, got {type(value).__name__}"
+        )
+    if value.dtype.hasobject:
+        raise InvalidInput(
+            f"{where}: expected dtype {tensor.dtype.name}, got an object array (not supported)"
+        )
+    if value.dtype != tensor.dtype:
+        raise InvalidInput(
+            f"{where}: expected dtype {tensor.dtype.name}, got {_dtype_str(value.dtype)}"
+        )
+    if value.ndim != len(tensor.shape):
+        raise InvalidInput(
+            f"{where}: expected {len(tensor.shape)} dimension(s) with shape"
+            f" {_shape_str(tensor.shape)}, got {value.ndim} with shape {list(value.shape)}"
+        )
+    for axis, (want, got) in enumerate(zip(tensor.shape, value.shape, strict=True)):
+        if want is not None and want != got:
+            raise InvalidInput(
+                f"{where}: expected shape {_shape_str(tensor.shape)}, got {list(value.shape)}"
+                f" (dimension {axis} must be {want})"
+            )
+
+
+# --- manifest -------------------------------------------------------------------
+
+_ENTRY_REQUIRED = ("version", "file", "sha256")
+_ENTRY_KEYS = frozenset(
+    {*_ENTRY_REQUIRED, "description", "accuracy", "compute_only", "inputs", "outputs"}
+)
+_TENSOR_KEYS = frozenset({"name", "dtype", "shape"})
+
+
+def parse_manifest(data: Mapping[str, Any]) -> dict[str, ManifestEntry]:
+    """Validate a parsed ``manifest.toml`` and return its entries by model name.
+
+    Strict inside ``[models.*]`` (an unknown key is most likely a typo, and a
+    typo in ``compute_only`` or ``sha256`` must not pass silently). Other
+    top-level tables such as ``[dataset]`` belong to other tools and are left
+    alone. Raises :class:`ConfigError` naming the model and key.
+    """
+    models = data.get("models")
+    if not isinstance(models, Mapping):
+        raise ConfigError("manifest: expected a [models.<name>] table for each model")
+    entries: dict[str, ManifestEntry] = {}
+    files: dict[str, str] = {}
+    for name, table in models.items():
+        entry = _parse_entry(str(name), table)
+        if entry.file in files:
+            raise ConfigError(
+                f"manifest: models '{files[entry.file]}' and '{name}' both use file '{entry.file}'"
+            )
+        files[entry.file] = entry.name
+        entries[entry.name] = entry
+    return entries
+
+
+def _parse_entry(name: str, table: object) -> ManifestEntry:
+    where = f"manifest model '{name}'"
+    try:
+        check_model_name(name)
+    except ConfigError as exc:
+        raise ConfigError(f"manifest: {exc.message}") from exc
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - _ENTRY_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {_quoted(unknown)};"
+            f" allowed keys: {_quoted(sorted(_ENTRY_KEYS))}"
+        )
+    missing = [k for k in _ENTRY_REQUIRED if k not in table]
+    if missing:
+        raise ConfigError(f"{where}: missing required key(s) {_quoted(missing)}")
+    inputs = table.get("inputs")
+    outputs = table.get("outputs")
+    return ManifestEntry(
+        name=name,
+        version=_string(table, "version", where, example='version = "1"'),
+        file=_file(table, where),
+        sha256=_sha256(table, where),
+        description=_string(table, "description", where, default=""),
+        accuracy=_accuracy(table, where),
+        compute_only=_bool(table, "compute_only", where, default=False),
+        inputs=None if inputs is None else _tensor_list(inputs, f"{where}, key 'inputs'"),
+        outputs=None if outputs is None else _tensor_list(outputs, f"{where}, key 'outputs'"),
+    )
+
+
+def _string(
+    table: Mapping[str, Any],
+    key: str,
+    where: str,
+    default: str | None = None,
+    example: str = "",
+) -> str:
+    if key not in table:
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: missing key '{key}'")
+    value = table[key]
+    if not isinstance(value, str) or (default is None and not value):
+        hint = f" (e.g. {example})" if example else ""
+        raise ConfigError(f"{where}: key '{key}' must be a non-empty string{hint}, got {value!r}")
+    return value
+
+
+def _file(table: Mapping[str, Any], where: str) -> str:
+    value = _string(table, "file", where, example='file = "model.onnx"')
+    parts = value.split("/")
+    # The file must stay inside the model directory the manifest describes
+    # (checked on the string: core does not touch pathlib or the disk).
+    if (
+        value.startswith("/")
+        or "\\" in value
+        or any(p in ("", ".", "..") for p in parts)
+        or not value.endswith(".onnx")
+        or parts[-1] == ".onnx"
+    ):
+        raise ConfigError(
+            f"{where}: key 'file' must be a relative path to a .onnx file inside the"
+            f" model directory, got {value!r}"
+        )
+    return value
+
+
+def _sha256(table: Mapping[str, Any], where: str) -> str:
+    value = table.get("sha256")
+    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value.lower()):
+        raise ConfigError(f"{where}: key 'sha256' must be 64 hex digits, got {value!r}")
+    return value.lower()
+
+
+def _accuracy(table: Mapping[str, Any], where: str) -> float | None:
+    value = table.get("accuracy")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{where}: key 'accuracy' must be a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def _bool(table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: key '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _tensor_list(value: object, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        raise ConfigError(f"{where}: expected an array of tables, got {type(value).__name__}")
+    specs = tuple(_tensor_spec_from_mapping(item, f"{where}[{i}]") for i, item in enumerate(value))
+    names = [t.name for t in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{where}: duplicate tensor name(s) {_quoted(duplicates)}")
+    return specs
+
+
+def _tensor_spec_from_mapping(obj: object, where: str) -> TensorSpec:
+    """Shared by the manifest and the wire form; raises ConfigError."""
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{where}: expected a table, got {type(obj).__name__}")
+    unknown = sorted(str(k) for k in set(obj) - _TENSOR_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {_quoted(unknown)}; allowed: 'name', 'dtype', 'shape'"
+        )
+    name = obj.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}: key 'name' must be a non-empty string, got {name!r}")
+    where = f"{where} ('{name}')"
+    dtype = obj.get("dtype")
+    if not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES:
+        raise ConfigError(
+            f"{where}: key 'dtype' must be one of {_quoted(sorted(SUPPORTED_DTYPES))},"
+            f" got {dtype!r}"
+        )
+    shape = obj.get("shape")
+    if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
+        raise ConfigError(f"{where}: key 'shape' must be an array of integers, got {shape!r}")
+    dims: list[int | None] = []
+    for d in shape:
+        if isinstance(d, bool) or not isinstance(d, int) or d < -1:
+            raise ConfigError(
+                f"{where}: key 'shape' must hold sizes >= 0, or -1 for a dynamic"
+                f" dimension, got {list(shape)!r}"
+            )
+        dims.append(None if d == -1 else d)
+    return TensorSpec(name=name, dtype=np.dtype(dtype), shape=tuple(dims))
+
+
+def _model_spec_from_mapping(obj: object) -> ModelSpec:
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"model spec: expected a map, got {type(obj).__name__}")
+    name = obj.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"model spec: 'name' must be a string, got {name!r}")
+    check_model_name(name)
+    where = f"model spec '{name}'"
+    source = obj.get("source", "file")
+    if source not in ("manifest", "file"):
+        raise ConfigError(f"{where}: 'source' must be 'manifest' or 'file', got {source!r}")
+    for key in ("inputs", "outputs"):
+        if key not in obj:
+            raise ConfigError(f"{where}: missing key '{key}'")
+    return ModelSpec(
+        name=name,
+        version=_string(obj, "version", where),
+        sha256=_sha256(obj, where),
+        inputs=_tensor_list(obj["inputs"], f"{where}, key 'inputs'"),
+        outputs=_tensor_list(obj["outputs"], f"{where}, key 'outputs'"),
+        description=_string(obj, "description", where, default=""),
+        accuracy=_accuracy(obj, where),
+        compute_only=_bool(obj, "compute_only", where, default=False),
+        source="manifest" if source == "manifest" else "file",
+    )
+
+
+# --- message helpers ------------------------------------------------------------
+
+
+def _shape_str(shape: Iterable[int | None]) -> str:
+    return "[" + ", ".join("-1" if d is None else str(d) for d in shape) + "]"
+
+
+def _dtype_str(dtype: np.dtype[Any]) -> str:
+    # numpy reports native order as "=" (or "|" for single bytes), so anything
+    # else is foreign; its name alone would read like the expected dtype.
+    if dtype.byteorder not in ("=", "|"):
+        return f"{dtype.name} in non-native byte order ({dtype.str})"
+    return dtype.name
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names)
+
+
+def _names(tensors: Mapping[str, TensorSpec]) -> str:
+    return _quoted(sorted(tensors)) or "none"

@@ -1,0 +1,81 @@
+"""The ``infer`` call's parameters, checked.
+
+``infer(model, inputs)`` or ``infer(model, inputs, options)``: ``inputs`` is a
+map of input name to tensor map, ``options`` a map with optional
+``request_id`` (a string the caller picks, so that retries can be recognised),
+``deadline_ms`` (how long, from arrival, the caller is willing to wait) and
+``detail`` (true: answer ``{"outputs": ..., "ran_on": node name}``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mesh.core.wire.tensors import decode_tensors
+from mesh.errors import BadRequest
+
+__all__ = ["MAX_REQUEST_ID_LENGTH", "InferRequest", "parse_infer"]
+
+MAX_REQUEST_ID_LENGTH = 128
+_OPTIONS = frozenset({"request_id", "deadline_ms", "detail"})
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One checked ``infer`` call."""
+
+    model: str
+    inputs: dict[str, np.ndarray[Any, Any]]
+    request_id: str | None = None
+    deadline_ms: float | None = None
+    # Answer {"outputs": ..., "ran_on": node} instead of the outputs alone.
+    detail: bool = False
+
+
+def parse_infer(params: list[Any]) -> InferRequest:
+    """Check ``infer``'s parameters; BadRequest or InvalidInput says what is wrong."""
+    if len(params) not in (2, 3):
+        raise BadRequest(
+            f"infer takes (model, inputs) or (model, inputs, options); got {len(params)} params"
+        )
+    model = params[0]
+    if not isinstance(model, str) or not model:
+        raise BadRequest(f"infer: model must be a non-empty string, got {model!r}")
+    inputs = decode_tensors(params[1])
+    options = params[2] if len(params) == 3 else {}
+    if not isinstance(options, dict):
+        raise BadRequest(f"infer: options must be a map, got {type(options).__name__}")
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise BadRequest(
+            f"infer: unknown options {sorted(map(str, unknown))}; known: {sorted(_OPTIONS)}"
+        )
+    request_id = options.get("request_id")
+    if request_id is not None and (
+        not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID_LENGTH
+    ):
+        raise BadRequest(
+            f"infer: request_id must be a string of 1..{MAX_REQUEST_ID_LENGTH} characters"
+        )
+    deadline_ms = options.get("deadline_ms")
+    if deadline_ms is not None and (
+        isinstance(deadline_ms, bool)
+        or not isinstance(deadline_ms, (int, float))
+        or not math.isfinite(deadline_ms)
+        or deadline_ms <= 0
+    ):
+        raise BadRequest(f"infer: deadline_ms must be a positive number, got {deadline_ms!r}")
+    detail = options.get("detail", False)
+    if not isinstance(detail, bool):
+        raise BadRequest(f"infer: detail must be true or false, got {detail!r}")
+    return InferRequest(
+        model=model,
+        detail=detail,
+        inputs=inputs,
+        request_id=request_id,
+        deadline_ms=None if deadline_ms is None else float(deadline_ms),
+    )

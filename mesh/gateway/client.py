@@ -1,0 +1,489 @@
+"""The node's client for its cloud gateway: Open Inference Protocol V2 over HTTP, with a breaker.
+
+The gateway is any V2 REST server: ``edgemesh gateway`` (see
+:mod:`mesh.gateway.server`), Triton, KServe or MLServer. Tensors travel in
+Triton's binary tensor extension both ways, so an array is never spelled
+out as JSON numbers.
+
+A gateway that stops answering is not hammered: after
+``breaker.failure_threshold`` consecutive failures the circuit opens and
+requests fail at once with :class:`~mesh.errors.PeerUnavailable`, saying
+why and when the next probe is. The client probes ``/v2/health/ready``
+itself when the open period is over, so no user request is spent finding
+out whether the gateway is back. A 503 is not a failure: the gateway is
+alive and says it is busy, which the caller hears as
+:class:`~mesh.errors.Overloaded`.
+
+Use it as an async context manager; the block owns the connection pool and
+the probe loop::
+
+    async with GatewayClient(GatewayClientConfig("http://gw:8000")) as gateway:
+        outputs = await gateway.infer("digits-large", {"X": x}, deadline_s=0.5)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+import numpy as np
+from numpy.typing import NDArray
+
+from mesh.config import GatewayClientConfig, check_gateway_url
+from mesh.core.policy.breaker import BreakerState, CircuitBreaker
+from mesh.core.wire.oip import encode_infer_request, parse_infer_response, parse_model_metadata
+from mesh.core.wire.tensors import Tensors
+from mesh.errors import (
+    AuthError,
+    ConfigError,
+    DeadlineExceeded,
+    InferenceFailed,
+    InternalError,
+    InvalidInput,
+    MeshError,
+    MessageTooLarge,
+    ModelNotFound,
+    Overloaded,
+    PeerUnavailable,
+    ProtocolError,
+    RemoteError,
+)
+
+__all__ = ["BINARY_HEADER", "GatewayClient"]
+
+log = logging.getLogger(__name__)
+
+# Triton's binary tensor extension: the length of the JSON part of a body.
+BINARY_HEADER = "Inference-Header-Content-Length"
+# A probe is a health check: a gateway that takes longer than this to say
+# it is ready is not ready.
+_PROBE_TIMEOUT_S = 2.0
+# How much of an error body goes into a message when it has no "error" field.
+_MAX_QUOTED_BODY = 200
+
+
+class _Reply:
+    """What came back from the gateway: status, headers and the whole body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class GatewayClient:
+    """A V2 REST client for one gateway, guarded by a circuit breaker.
+
+    ``async with client:`` opens the connection pool (at most
+    ``max_in_flight`` connections) and starts the probe loop in a TaskGroup;
+    leaving the block stops both. Requests outside the block are a bug.
+    """
+
+    def __init__(self, config: GatewayClientConfig) -> None:
+        """Check the URL and limits; ConfigError says what is wrong."""
+        self.url = check_gateway_url("gateway url", config.url)
+        if config.timeout_s <= 0:
+            raise ConfigError(f"gateway timeout_s must be positive, got {config.timeout_s!r}")
+        if config.max_in_flight < 1:
+            raise ConfigError(f"gateway max_in_flight must be >= 1, got {config.max_in_flight!r}")
+        self.config = config
+        self._breaker = CircuitBreaker(config.breaker)
+        self._session: aiohttp.ClientSession | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        # Set when the circuit opens, so the probe loop wakes at once.
+        self._opened = asyncio.Event()
+        self._in_flight = 0
+        self.sent = 0
+        # Requests that ran out of time while the gateway answered others.
+        self.slow = 0
+        self._last_answer_at = -math.inf
+        # Whether the gateway takes binary tensors; None until asked.
+        self._binary: bool | None = None
+        self._negotiating = asyncio.Lock()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError("GatewayClient is already open")
+        stack = contextlib.AsyncExitStack()
+        try:
+            self._session = await stack.enter_async_context(
+                aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=self.config.max_in_flight),
+                    # Each call sets its own limit with asyncio.timeout.
+                    timeout=aiohttp.ClientTimeout(total=None),
+                    raise_for_status=False,
+                )
+            )
+            tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            self._probe_task = tasks.create_task(self._probe_loop(), name="gateway-probe")
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        # The block's own exception is not handed to the TaskGroup, which
+        # would wrap it in an ExceptionGroup; it propagates as it is.
+        await stack.aclose()
+        self._session = None
+        self._probe_task = None
+
+    # --- state ------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """The circuit: ``"closed"`` (sending), ``"open"`` or ``"half_open"`` (probing)."""
+        return self._breaker.state
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self._in_flight
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The breaker itself, for status pages and tests; read it, do not drive it."""
+        return self._breaker
+
+    def status(self) -> dict[str, Any]:
+        """For the node's ``status()``: where the gateway is and how it has been doing."""
+        breaker = self._breaker
+        now = self._now()
+        return {
+            "url": self.url,
+            "state": breaker.state,
+            "retry_in_s": round(breaker.retry_in(now), 3),
+            "last_failure": breaker.last_failure,
+            "in_flight": self._in_flight,
+            "max_in_flight": self.config.max_in_flight,
+            "sent": self.sent,
+            "slow": self.slow,
+            "failures": breaker.failures,
+            "opened": breaker.opened,
+            "probes": breaker.probes,
+        }
+
+    # --- requests ---------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, NDArray[Any]],
+        *,
+        deadline_s: float | None = None,
+        request_id: str | None = None,
+    ) -> Tensors:
+        """Run ``model`` on the gateway; outputs keyed by name.
+
+        Waits at most ``deadline_s`` (default: the config's ``timeout_s``).
+        Raises PeerUnavailable (circuit open, no connection), Overloaded (503,
+        or too many requests in flight here), DeadlineExceeded, ModelNotFound,
+        InvalidInput, MessageTooLarge, InferenceFailed, RemoteError or
+        ProtocolError.
+        """
+        limit = started_limit = self.config.timeout_s if deadline_s is None else deadline_s
+        started = self._now()
+        binary = await self._binary_supported(limit)
+        limit -= self._now() - started
+        # deadline_ms is edgemesh's extension: our gateway drops a request
+        # that would run too late. Other V2 servers ignore the parameter.
+        parameters = None if deadline_s is None else {"deadline_ms": limit * 1000}
+        body, header_length = encode_infer_request(
+            dict(inputs), request_id=request_id, binary=binary, parameters=parameters
+        )
+        headers = {"Content-Type": "application/json"}
+        if header_length is not None:
+            headers = {
+                "Content-Type": "application/octet-stream",
+                BINARY_HEADER: str(header_length),
+            }
+        path = f"/v2/models/{quote(model, safe='')}/infer"
+        reply = await self._send(
+            "POST", path, limit, data=body, headers=headers, budget_s=started_limit
+        )
+        self._raise_for_status(reply, model)
+        length = reply.headers.get(BINARY_HEADER)
+        try:
+            response = parse_infer_response(reply.body, None if length is None else int(length))
+        except (ProtocolError, ValueError) as exc:
+            what = f"its answer to {model!r} is not a V2 infer response: {exc}"
+            raise self._garbage(what) from None
+        self._breaker.record_success(self._now())
+        return {name: np.asarray(value) for name, value in response.outputs.items()}
+
+    async def _binary_supported(self, limit_s: float) -> bool:
+        """Whether the gateway speaks Triton's binary tensor extension.
+
+        Triton and edgemesh do and say so in ``GET /v2``; MLServer and KServe
+        do not and take JSON only. Asked once, and again after an outage,
+        since the server that comes back may be another one.
+        """
+        if self._binary is None:
+            async with self._negotiating:
+                if self._binary is None:
+                    reply = await self._send("GET", "/v2", limit_s)
+                    self._binary = reply.status == 200 and _has_binary_extension(reply.body)
+                    if reply.status < 500:
+                        self._breaker.record_success(self._now())
+                    log.debug("gateway %s binary tensors: %s", self.url, self._binary)
+        return self._binary
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """The V2 metadata object of ``name`` on the gateway; ModelNotFound if it has none."""
+        reply = await self._send("GET", f"/v2/models/{quote(name, safe='')}", self.config.timeout_s)
+        self._raise_for_status(reply, name)
+        try:
+            metadata = parse_model_metadata(json.loads(reply.body))
+        except (ProtocolError, ValueError) as exc:
+            what = f"its metadata of {name!r} is not V2 model metadata: {exc}"
+            raise self._garbage(what) from None
+        self._breaker.record_success(self._now())
+        return metadata
+
+    async def ready(self) -> bool:
+        """Whether the gateway says it is ready (``GET /v2/health/ready``).
+
+        A health check: it ignores the breaker and does not feed it.
+        """
+        return await self._check_ready() is None
+
+    async def _check_ready(self) -> str | None:
+        """None when the gateway is ready, else why not."""
+        session = self._require_session()
+        limit = min(_PROBE_TIMEOUT_S, self.config.timeout_s)
+        try:
+            async with (
+                asyncio.timeout(limit),
+                session.get(self.url + "/v2/health/ready") as response,
+            ):
+                await response.read()
+                status = response.status
+        except TimeoutError:
+            return f"no answer to a health check within {limit * 1000:.0f} ms"
+        except (aiohttp.ClientError, OSError) as exc:
+            return _transport_reason(exc)
+        return None if status == 200 else f"health check answered HTTP {status}"
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        limit_s: float,
+        *,
+        budget_s: float | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> _Reply:
+        """One HTTP exchange under the breaker and the in-flight limit."""
+        session = self._require_session()
+        now = self._now()
+        if not self._breaker.allow(now):
+            raise PeerUnavailable(self._refusal(now))
+        if self._in_flight >= self.config.max_in_flight:
+            raise Overloaded(
+                f"gateway {self.url} already has {self._in_flight} requests in flight "
+                f"(max_in_flight {self.config.max_in_flight})"
+            )
+        if limit_s <= 0:
+            raise DeadlineExceeded("the deadline passed before the request could go to the gateway")
+        self._in_flight += 1
+        self.sent += 1
+        sent_at = now
+        try:
+            async with (
+                asyncio.timeout(limit_s),
+                session.request(method, self.url + path, data=data, headers=headers) as response,
+            ):
+                body = await response.read()
+                self._last_answer_at = self._now()
+                return _Reply(response.status, response.headers, body)
+        except TimeoutError:
+            # The whole budget, not what was left of it for this exchange.
+            waited_ms = (budget_s or limit_s) * 1000
+            reason = f"no answer within {waited_ms:.0f} ms"
+            if self._last_answer_at > sent_at:
+                # It answered others meanwhile: busy, not broken. A request
+                # with a short deadline must not open the circuit for all.
+                self.slow += 1
+            else:
+                self._failed(reason)
+            raise DeadlineExceeded(
+                f"the gateway did not answer within {waited_ms:.0f} ms ({self.url})"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            reason = _transport_reason(exc)
+            self._failed(reason)
+            raise PeerUnavailable(f"gateway {self.url} is unavailable: {reason}") from None
+        finally:
+            self._in_flight -= 1
+
+    def _raise_for_status(self, reply: _Reply, model: str) -> None:
+        """Map a non-200 answer onto the error tree (and the breaker)."""
+        status = reply.status
+        if status == 200:
+            return
+        text, code = _error_message(reply)
+        message = f"gateway {self.url}: {text}"
+        error: MeshError
+        if status == 503:
+            # Alive and busy: neither a success nor a failure for the breaker.
+            # An edgemesh gateway says which (its error bodies carry a code).
+            if code == DeadlineExceeded.code:
+                raise DeadlineExceeded(message)
+            raise Overloaded(message)
+        if status >= 500:
+            if status != 500:
+                error = RemoteError(message, remote_code=f"HTTP{status}")
+            elif code == InternalError.code:
+                error = InternalError(message)
+            else:
+                error = InferenceFailed(message)
+            self._failed(f"HTTP {status}: {_clip(text, 80)}")
+            raise error
+        self._breaker.record_success(self._now())  # it answered, so it works
+        if status == 404:
+            error = ModelNotFound(message)
+        elif status in (400, 422):
+            error = InvalidInput(message)
+        elif status == 413:
+            error = MessageTooLarge(message)
+        elif status in (401, 403):
+            error = AuthError(message)
+        else:
+            error = RemoteError(message, remote_code=f"HTTP{status}")
+        raise error
+
+    def _garbage(self, what: str) -> ProtocolError:
+        self._failed("garbled answer")
+        return ProtocolError(f"gateway {self.url}: {what}")
+
+    def _refusal(self, now: float) -> str:
+        breaker = self._breaker
+        if breaker.state == "half_open":
+            when = "a probe is running now"
+        else:
+            when = f"next probe in {breaker.retry_in(now):.1f} s"
+        return (
+            f"gateway {self.url} is unavailable: circuit open after "
+            f"{breaker.consecutive_failures} failures (last: {breaker.last_failure}); {when}"
+        )
+
+    # --- the breaker and the probe loop ------------------------------------------
+
+    def _failed(self, reason: str) -> None:
+        before = self._breaker.state
+        self._breaker.record_failure(self._now(), reason)
+        if before == "closed" and self._breaker.state == "open":
+            log.warning(
+                "gateway %s is unavailable (%s); circuit open after %d failures, probing in %.1f s",
+                self.url,
+                reason,
+                self._breaker.consecutive_failures,
+                self._breaker.retry_in(self._now()),
+            )
+            self._opened.set()
+
+    async def _probe_loop(self) -> None:
+        """Probe the gateway whenever the open circuit's period is over."""
+        breaker = self._breaker
+        while True:
+            if breaker.state != "open":
+                self._opened.clear()
+                await self._opened.wait()
+                continue
+            delay = breaker.retry_in(self._now())
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            breaker.begin_probe(self._now())
+            reason = await self._check_ready()
+            if reason is None:
+                breaker.probe_succeeded(self._now())
+                self._binary = None
+                log.info("gateway %s is back; circuit closed", self.url)
+            else:
+                breaker.probe_failed(self._now(), reason)
+                log.debug(
+                    "gateway %s still unavailable (%s); next probe in %.1f s",
+                    self.url,
+                    reason,
+                    breaker.retry_in(self._now()),
+                )
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("use the GatewayClient inside `async with`")
+        return self._session
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+
+def _transport_reason(exc: BaseException) -> str:
+    """A short reason for a failed exchange, for messages and status pages."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        return f"cannot connect: {cause.strerror or cause}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the gateway closed the connection"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut off"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad HTTP answer: {exc.message}"
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+def _error_message(reply: _Reply) -> tuple[str, str | None]:
+    """The ``"error"`` of a V2 error body and its edgemesh ``"code"``, if any;
+    else a bit of whatever came."""
+    text = reply.body.decode("utf-8", errors="replace")
+    with contextlib.suppress(ValueError):
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            code = obj.get("code")
+            for key in ("error", "detail"):  # V2; FastAPI-based servers
+                if isinstance(obj.get(key), str):
+                    return str(obj[key]), code if isinstance(code, str) else None
+    text = _clip(" ".join(text.split()), _MAX_QUOTED_BODY)
+    return f"HTTP {reply.status}" + (f": {text}" if text else ""), None
+
+
+def _has_binary_extension(body: bytes) -> bool:
+    with contextlib.suppress(ValueError):
+        metadata = json.loads(body)
+        if isinstance(metadata, dict) and isinstance(metadata.get("extensions"), list):
+            return "binary_tensor_data" in metadata["extensions"]
+    return False
+
+
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[:length] + "…"

@@ -1,0 +1,328 @@
+"""``edgemesh gateway``: the cloud side of the mesh, an Open Inference Protocol V2 server.
+
+Nodes hand it the requests the mesh cannot take. It answers them one of two
+ways, behind the same HTTP API (:mod:`mesh.http.server`):
+
+* :class:`RuntimeService` runs the models itself with onnxruntime, with a
+  fixed number of slots and a bounded queue: a request that finds the queue
+  full is refused at once with 503, so a node hears "busy" and not a
+  timeout. With emulation each call is padded to a known service time,
+  which gives the gateway a known capacity (slots / service time) for
+  benchmarks; the real model still runs and its real outputs come back.
+* :class:`UpstreamService` forwards everything to another V2 server
+  (Triton, KServe, MLServer) through a :class:`~mesh.gateway.client.GatewayClient`,
+  which is how a user scales the cloud side.
+
+:class:`Gateway` mirrors :class:`~mesh.node.node.Node`: ``run()`` owns all of it in
+one TaskGroup, ``stop()`` ends it, ``ready`` is set once it listens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from mesh.config import Emulation, GatewayServerConfig
+from mesh.core.policy.capacity import Capacity, finish_s
+from mesh.core.scheduling.emulation import EmulatedDevice
+from mesh.core.wire.oip import model_metadata
+from mesh.core.wire.requests import InferRequest
+from mesh.errors import ConfigError, DeadlineExceeded, MeshError, Overloaded
+from mesh.gateway.client import GatewayClient
+from mesh.http.server import HttpServer
+from mesh.runtime.runtime import Runtime
+from mesh.service import Answer, EdgemeshServer, InferenceService
+
+__all__ = ["Gateway", "RuntimeService", "UpstreamService"]
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeService(EdgemeshServer):
+    """Serves the models of a :class:`~mesh.runtime.runtime.Runtime`, at most ``slots`` at a time.
+
+    Up to ``queue_cap`` requests wait for a slot; one more is refused with
+    Overloaded, and so is one that, by the measured service time, could not
+    finish before its deadline (it is better told now than late). A request
+    whose deadline passes while it waits anyway is answered with
+    DeadlineExceeded when it gets its slot, instead of being run late; one
+    whose deadline passes while it runs is stopped.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        slots: int,
+        queue_cap: int,
+        emulation: Emulation | None = None,
+        name: str = "gateway",
+    ) -> None:
+        """Serve ``runtime``; ``name`` is what answers report as ``ran_on``."""
+        if slots < 1 or queue_cap < 0:
+            raise ConfigError(f"slots must be >= 1 and queue_cap >= 0; got {slots}, {queue_cap}")
+        self.name = name
+        self.slots = slots
+        self.queue_cap = queue_cap
+        self._runtime = runtime
+        self._slots = asyncio.Semaphore(slots)
+        self._device = None if emulation is None else EmulatedDevice(emulation.service_s, slots)
+        self._emulated_s = None if emulation is None else emulation.service_s
+        self._waiting = 0
+        self._running = 0
+        self.served = 0
+        self.refused = 0
+        self.expired = 0
+
+    def ready(self) -> bool:
+        """Always: the models were loaded before the service was made."""
+        return True
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """The V2 metadata of a model served here; ModelNotFound otherwise."""
+        return model_metadata(self._runtime.spec(name))
+
+    def status(self) -> dict[str, Any]:
+        """Slots, queue and counters, for logs and tests."""
+        return {
+            "slots": self.slots,
+            "running": self._running,
+            "waiting": self._waiting,
+            "queue_cap": self.queue_cap,
+            "served": self.served,
+            "refused": self.refused,
+            "expired": self.expired,
+        }
+
+    async def infer(self, request: InferRequest) -> Answer:
+        """Run ``request`` when a slot is free; Overloaded if the queue is full."""
+        loop = asyncio.get_running_loop()
+        arrived = loop.time()
+        # Unknown models and bad inputs are refused before they take a place.
+        self._runtime.check_inputs(request.model, request.inputs)
+        if self._slots.locked() and self._waiting >= self.queue_cap:
+            self.refused += 1
+            raise Overloaded(
+                f"gateway {self.name} is full: {self.slots} requests running and "
+                f"{self._waiting} waiting (queue cap {self.queue_cap})"
+            )
+        deadline = None if request.deadline_ms is None else arrived + request.deadline_ms / 1000
+        if request.deadline_ms is not None:
+            self._admit(request.model, request.deadline_ms / 1000)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        self._running += 1
+        try:
+            return await self._run(request, arrived, deadline)
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    def _admit(self, model: str, remaining_s: float) -> None:
+        """Refuse at once a request that could not finish in ``remaining_s``."""
+        service = self._service_s(model)
+        if service is None:
+            return
+        # The same arithmetic as a node's fallback rule: our slots drain the
+        # queue from when they are free (a busy one is half done, on
+        # average), then the request takes a whole service time.
+        busy = self._running >= self.slots
+        here = Capacity(
+            name=self.name,
+            free_in_s=service / 2 if busy else 0.0,
+            slots=self.slots,
+            service_s=service,
+        )
+        finish = finish_s([here], ahead=self._waiting)
+        if finish > remaining_s:
+            self.refused += 1
+            raise Overloaded(
+                f"gateway {self.name} would finish it in about {finish * 1000:.0f} ms "
+                f"({self._running} running, {self._waiting} waiting), past its deadline of "
+                f"{remaining_s * 1000:.0f} ms"
+            )
+
+    def _service_s(self, model: str) -> float | None:
+        """Seconds one call of ``model`` keeps a slot busy; None before the first call.
+
+        The emulated device's time, or the runtime's own average of the
+        model's run on a worker thread. Not the wall time a slot was held:
+        under a burst that is mostly this event loop reading other requests,
+        which the slots do not make any longer.
+        """
+        if self._emulated_s is not None:
+            return self._emulated_s
+        for load in self._runtime.load():
+            if load.name == model:
+                return load.service_ewma_s
+        return None
+
+    async def _run(self, request: InferRequest, arrived: float, deadline: float | None) -> Answer:
+        loop = asyncio.get_running_loop()
+        if deadline is not None and loop.time() >= deadline:
+            self.expired += 1
+            raise DeadlineExceeded(
+                f"request waited {(loop.time() - arrived) * 1000:.0f} ms for a slot on "
+                f"gateway {self.name}; its deadline was {request.deadline_ms:.0f} ms"
+            )
+        try:
+            async with asyncio.timeout_at(deadline):
+                outputs = await self._runtime.infer(request.model, request.inputs)
+                if self._device is not None:
+                    # The slot stays taken until the emulated device would be done.
+                    await asyncio.sleep(max(0.0, self._device.finish_at(arrived) - loop.time()))
+        except TimeoutError:
+            self.expired += 1
+            raise DeadlineExceeded(
+                f"model '{request.model}' did not finish within the request's deadline of "
+                f"{request.deadline_ms:.0f} ms on gateway {self.name}"
+            ) from None
+        self.served += 1
+        return Answer(outputs=outputs, ran_on=self.name)
+
+
+class UpstreamService(EdgemeshServer):
+    """Forwards every request to an upstream Open Inference Protocol server."""
+
+    def __init__(self, client: GatewayClient, *, name: str = "gateway") -> None:
+        """Forward through ``client`` (opened by the caller); answers say ``ran_on=name``."""
+        self.name = name
+        self._client = client
+
+    def ready(self) -> bool:
+        """Whether the upstream is believed to work (its circuit is closed)."""
+        return self._client.state == "closed"
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """The upstream's metadata of ``name``, as it gave it."""
+        return await self._client.model_metadata(name)
+
+    async def infer(self, request: InferRequest) -> Answer:
+        """Forward ``request``; the upstream's errors come back mapped onto MeshError."""
+        outputs = await self._client.infer(
+            request.model,
+            request.inputs,
+            deadline_s=None if request.deadline_ms is None else request.deadline_ms / 1000,
+            request_id=request.request_id,
+        )
+        return Answer(outputs=outputs, ran_on=self.name)
+
+
+class Gateway:
+    """An ``edgemesh gateway`` process's worth of serving, in one TaskGroup.
+
+    ``runtime`` may be passed in (tests share one); otherwise the gateway
+    loads its own from ``config.runtime`` (unless it forwards upstream) and
+    closes it on exit.
+    """
+
+    def __init__(self, config: GatewayServerConfig, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self.ready = asyncio.Event()
+        self._runtime = runtime
+        self._owns_runtime = runtime is None
+        self._stop = asyncio.Event()
+        self._server: HttpServer | None = None
+        self.service: InferenceService | None = None
+
+    @property
+    def port(self) -> int:
+        """The HTTP port the gateway listens on (known once :attr:`ready` is set)."""
+        port = None if self._server is None else self._server.bound_port
+        if port is None:
+            raise RuntimeError("the gateway is not listening yet")
+        return port
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of the gateway, for clients on this machine."""
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
+        return f"http://{host}:{self.port}"
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down; safe to call from a signal handler."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` is called or the task is cancelled."""
+        config = self.config
+        if config.upstream is not None:
+            async with GatewayClient(config.upstream) as client:
+                if not await client.ready():
+                    log.warning(
+                        "upstream %s is not ready yet; serving anyway, requests may fail",
+                        client.url,
+                    )
+                await self._serve(UpstreamService(client, name=config.name), client.url)
+            return
+        if self._runtime is None:
+            # Loading verifies hashes and builds sessions: seconds of CPU.
+            self._runtime = await asyncio.to_thread(Runtime, config.runtime)
+        runtime = self._runtime
+        try:
+            service = RuntimeService(
+                runtime,
+                slots=config.slots or runtime.threads,
+                queue_cap=config.queue_cap,
+                emulation=config.emulation,
+                name=config.name,
+            )
+            await self._serve(service, "models " + (", ".join(runtime.names) or "(none)"))
+        finally:
+            if self._owns_runtime:
+                await runtime.aclose()
+
+    async def _serve(self, service: InferenceService, serving: str) -> None:
+        self.service = service
+        server = self._server = HttpServer(service, host=self.config.host, config=self.config.http)
+        listening = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                serving_task = tasks.create_task(server.serve(listening))
+                # Either it listens, or serve() fails (a port in use) and the
+                # TaskGroup raises that instead of waiting forever.
+                await listening.wait()
+                self._announce(serving)
+                await self._stop.wait()
+                log.info("gateway %s stopping", self.config.name)
+                serving_task.cancel()
+        except* OSError as group:
+            if listening.is_set():
+                raise
+            # Binding failed: the port is taken, or the address is not ours.
+            reason = group.exceptions[0]
+            raise ConfigError(
+                f"cannot listen on {self.config.host}:{self.config.http.port}: "
+                f"{getattr(reason, 'strerror', None) or reason}"
+            ) from None
+        except* MeshError as group:
+            # One failure that says what went wrong (a port in use) reads
+            # better for the user than an exception group.
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+
+    def _announce(self, serving: str) -> None:
+        config = self.config
+        log.info(
+            "gateway %s listening on http://%s:%d, serving %s%s",
+            config.name,
+            config.host,
+            self.port,
+            serving,
+            ""
+            if config.emulation is None
+            else f" (emulating {config.emulation.service_ms:g} ms per call)",
+        )
+        if config.ready_file is not None:
+            info = {"name": config.name, "host": config.host, "http_port": self.port}
+            temporary = config.ready_file.with_suffix(config.ready_file.suffix + ".tmp")
+            temporary.write_text(json.dumps(info))
+            # A rename is atomic: a watcher never reads half a file.
+            temporary.replace(config.ready_file)
+        self.ready.set()

@@ -1,0 +1,2 @@
+"""The Open Inference Protocol (KServe V2 REST) server that nodes and the gateway
+put in front of their inference service."""

@@ -1,0 +1,321 @@
+"""The Open Inference Protocol (KServe V2 REST) over aiohttp.
+
+A thin edge: it reads bodies, hands them to :mod:`mesh.core.wire.oip`, calls an
+:class:`~mesh.service.InferenceService`, and writes what comes back.
+
+Every error answers with a JSON body ``{"error": message, "code": code}``:
+``message`` says what was wrong and what was expected, and ``code`` is the
+:attr:`MeshError.code <mesh.errors.MeshError.code>` of the failure
+(``"InvalidInput"``, ``"ModelNotFound"``, ...), so that a client can turn it
+back into an exception with :func:`mesh.errors.error_from_wire`. Errors that
+come from HTTP itself (no such route, wrong method) carry no ``code``.
+
+=====================================================  ======
+Failure                                                Status
+=====================================================  ======
+BadRequest, InvalidInput, ProtocolError                400
+ModelNotFound, unknown route or model version          404
+wrong method                                           405
+MessageTooLarge, body over ``max_body_bytes``          413
+Overloaded, PeerUnavailable, RpcTimeout,               503
+DeadlineExceeded, service not ready
+InferenceFailed, InternalError, any other MeshError    500
+=====================================================  ======
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from mesh.config import HttpConfig
+from mesh.core.wire import oip
+from mesh.core.wire.requests import InferRequest
+from mesh.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    InternalError,
+    InvalidInput,
+    MeshError,
+    MessageTooLarge,
+    ModelNotFound,
+    Overloaded,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+)
+from mesh.service import Answer, InferenceService
+
+__all__ = ["EXTENSIONS", "HEADER_LENGTH", "HttpServer", "make_app", "status_of"]
+
+log = logging.getLogger(__name__)
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+"""The binary tensor extension's header: how many leading body bytes are JSON."""
+EXTENSIONS = ("binary_tensor_data",)
+"""Protocol extensions ``GET /v2`` advertises."""
+
+_SERVICE: web.AppKey[InferenceService] = web.AppKey("service", InferenceService)
+_CONFIG: web.AppKey[HttpConfig] = web.AppKey("config", HttpConfig)
+_JSON = "application/json"
+_BINARY = "application/octet-stream"
+_CHUNK = 256 * 1024
+# How long a stopping server lets requests in flight finish.
+_SHUTDOWN_GRACE_S = 5.0
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+# Most specific first: MessageTooLarge is a ProtocolError.
+_STATUS: tuple[tuple[type[MeshError] | tuple[type[MeshError], ...], int], ...] = (
+    (MessageTooLarge, 413),
+    ((BadRequest, InvalidInput), 400),
+    (ModelNotFound, 404),
+    ((Overloaded, TransportError, DeadlineExceeded), 503),
+    # Not the client's fault: a server behind this one (an upstream of the
+    # gateway) broke the protocol or failed in a way we cannot name.
+    ((ProtocolError, RemoteError), 502),
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def status_of(error: MeshError) -> int:
+    """The HTTP status that answers ``error``."""
+    for classes, status in _STATUS:
+        if isinstance(error, classes):
+            return status
+    return 500
+
+
+def _error(status: int, message: str, code: str | None = None) -> web.Response:
+    return web.Response(status=status, body=oip.error_body(message, code), content_type=_JSON)
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.json_response(obj, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every failure with the JSON error form; the one catch-all is here."""
+    try:
+        return await handler(request)
+    except MeshError as exc:
+        return _error(status_of(exc), exc.message, exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error(exc.status, _http_message(request, exc))
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except Exception:
+        # A bug: the traceback goes to the log, never to the client.
+        log.exception("bug while answering %s %s", request.method, request.path)
+        return _error(500, "internal error", "InternalError")
+
+
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if isinstance(exc, web.HTTPNotFound):
+        return f"no route for {request.method} {request.path}; the API lives under /v2"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"method {request.method} is not allowed on {request.path}; allowed: {allowed}"
+    return exc.reason
+
+
+# --- health and metadata -----------------------------------------------------------
+
+
+async def _live(request: web.Request) -> web.Response:
+    return _json({"live": True})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    if not request.app[_SERVICE].ready():
+        return _error(503, "the server is not ready to serve requests")
+    return _json({"ready": True})
+
+
+async def _server_metadata(request: web.Request) -> web.Response:
+    service = request.app[_SERVICE]
+    return _json(
+        {
+            "name": service.server_name,
+            "version": service.server_version,
+            "extensions": list(EXTENSIONS),
+        }
+    )
+
+
+async def _metadata_of(request: web.Request) -> dict[str, Any]:
+    """The model's metadata, checking the URL's version if it names one."""
+    name = request.match_info["model"]
+    metadata = await request.app[_SERVICE].model_metadata(name)
+    version = request.match_info.get("version")
+    versions = metadata.get("versions") or []
+    if version is not None and version not in versions:
+        have = ", ".join(f"'{v}'" for v in versions) or "none"
+        raise ModelNotFound(f"model '{name}' has no version '{version}'; versions: {have}")
+    return metadata
+
+
+async def _model_metadata(request: web.Request) -> web.Response:
+    return _json(await _metadata_of(request))
+
+
+async def _model_ready(request: web.Request) -> web.Response:
+    if not request.app[_SERVICE].ready():
+        return _error(503, "the server is not ready to serve requests")
+    metadata = await _metadata_of(request)
+    return _json({"name": metadata["name"], "ready": True})
+
+
+# --- inference ---------------------------------------------------------------------
+
+
+async def _infer(request: web.Request) -> web.Response:
+    service = request.app[_SERVICE]
+    model = request.match_info["model"]
+    version = request.match_info.get("version")
+    header_length = _header_length(request)
+    body = await _read_body(request, request.app[_CONFIG].max_body_bytes)
+    parsed = oip.parse_infer_request(body, header_length)
+    if version is not None:
+        await _metadata_of(request)
+    answer = await service.infer(
+        InferRequest(
+            model=model,
+            inputs=parsed.inputs,
+            request_id=parsed.id,
+            deadline_ms=parsed.deadline_ms,
+        )
+    )
+    outputs = _selected_outputs(parsed, answer)
+    payload, json_length = oip.encode_infer_response(
+        model=model,
+        version=version,
+        request_id=parsed.id,
+        outputs=outputs,
+        binary=parsed.binary_outputs(outputs),
+        parameters={"ran_on": answer.ran_on},
+    )
+    if json_length is None:
+        return web.Response(body=payload, content_type=_JSON)
+    response = web.Response(body=payload, content_type=_BINARY)
+    response.headers[HEADER_LENGTH] = str(json_length)
+    return response
+
+
+def _header_length(request: web.Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not _DIGITS.fullmatch(raw.strip()):
+        raise BadRequest(f"{HEADER_LENGTH} must be a non-negative integer, got {raw[:40]!r}")
+    return int(raw)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with MessageTooLarge as soon as it passes ``limit``."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise MessageTooLarge(
+            f"request body of {declared} bytes is over the limit of {limit} bytes"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            # A chunked body has no declared length: say what we know.
+            raise MessageTooLarge(
+                f"request body of more than {limit} bytes is over the limit of {limit} bytes"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _selected_outputs(parsed: oip.V2Request, answer: Answer) -> dict[str, Any]:
+    """The outputs the client asked for, in its order; all of them if it did not say."""
+    if parsed.outputs is None:
+        return dict(answer.outputs)
+    unknown = [o.name for o in parsed.outputs if o.name not in answer.outputs]
+    if unknown:
+        available = ", ".join(f"'{n}'" for n in answer.outputs) or "none"
+        raise BadRequest(
+            f"unknown output(s) {', '.join(repr(n) for n in unknown)}; available: {available}"
+        )
+    return {o.name: answer.outputs[o.name] for o in parsed.outputs}
+
+
+# --- the application and its server ---------------------------------------------------
+
+
+def make_app(service: InferenceService, config: HttpConfig) -> web.Application:
+    """The aiohttp application serving ``service`` under ``/v2``."""
+    # Bodies are read by _read_body with its own limit and message; this is a backstop.
+    app = web.Application(middlewares=[_errors], client_max_size=config.max_body_bytes + 1)
+    app[_SERVICE] = service
+    app[_CONFIG] = config
+    model = "/v2/models/{model}"
+    versioned = model + "/versions/{version}"
+    app.router.add_get("/v2/health/live", _live)
+    app.router.add_get("/v2/health/ready", _ready)
+    app.router.add_get("/v2", _server_metadata)
+    for base in (model, versioned):
+        app.router.add_get(base, _model_metadata)
+        app.router.add_get(base + "/ready", _model_ready)
+        app.router.add_post(base + "/infer", _infer)
+    return app
+
+
+class HttpServer:
+    """Serves :func:`make_app` on ``host`` and ``config.port`` until cancelled."""
+
+    def __init__(self, service: InferenceService, *, host: str, config: HttpConfig) -> None:
+        self._app = make_app(service, config)
+        self._host = host
+        self._config = config
+        self._bound_port: int | None = None
+
+    @property
+    def bound_port(self) -> int | None:
+        """The port listened on (useful with port 0), None when not serving."""
+        return self._bound_port
+
+    async def serve(self, listening: asyncio.Event | None = None) -> None:
+        """Listen, set ``listening``, and serve until cancelled; always closes the socket."""
+        # handler_cancellation: a client that goes away cancels its handler,
+        # and so the inference it was waiting for.
+        runner = web.AppRunner(
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=_SHUTDOWN_GRACE_S,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self._host, self._config.port or 0)
+            await site.start()
+            self._bound_port = _port_of(runner)
+            log.info("Open Inference Protocol on http://%s:%s/v2", self._host, self._bound_port)
+            if listening is not None:
+                listening.set()
+            await asyncio.Future()  # until cancelled
+        finally:
+            self._bound_port = None
+            await runner.cleanup()
+
+
+def _port_of(runner: web.AppRunner) -> int:
+    address = runner.addresses[0]
+    port = address[1]
+    if not isinstance(port, int):
+        raise InternalError(f"unexpected listening address {address!r}")
+    return port

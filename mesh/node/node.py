@@ -1,0 +1,460 @@
+"""One edgemesh node: the RPC server wired to the model runtime.
+
+:meth:`Node.run` owns everything the node starts, inside one TaskGroup, and
+returns only after all of it has stopped. The methods it serves:
+
+* ``infer(model, inputs[, options])`` → map of output name to tensor; the
+  request may run here, on a peer that steals it (see :mod:`mesh.node.work_sharing`), or
+  on the cloud gateway when the mesh cannot serve it in time (see
+  :mod:`mesh.node.routing`)
+* ``models()`` → the models served, with their signatures
+* ``status()`` → identity, models and counters
+* ``ping()`` → ``"pong"``
+* ``hello(...)`` → the mesh-key handshake (handled in :mod:`mesh.rpc`)
+* between peers: ``steal`` and the ``gossip``, ``result``, ``handoff``,
+  ``cancel`` and ``nudge`` notifications
+
+With ``--http-port`` the node also serves the Open Inference Protocol (V2
+REST, :mod:`mesh.http.server`); a request that comes in that way is routed
+exactly like an RPC one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from mesh._version import __version__
+from mesh.config import NodeConfig
+from mesh.core.membership.adverts import Advert
+from mesh.core.membership.peers import Load, ModelHolding
+from mesh.core.models.signatures import ModelSpec
+from mesh.core.scheduling.jobs import SchedulerConfig
+from mesh.core.wire.auth import mesh_id
+from mesh.core.wire.handover import CANCEL, HANDOFF, NUDGE, RESULT, STEAL
+from mesh.core.wire.oip import model_metadata
+from mesh.core.wire.requests import InferRequest, parse_infer
+from mesh.core.wire.tensors import encode_tensors
+from mesh.errors import BadRequest, MeshError, ModelNotFound
+from mesh.gateway.client import GatewayClient
+from mesh.http.server import HttpServer
+from mesh.mdns import MdnsDiscovery
+from mesh.node.membership import GOSSIP, MeshMembership, SelfInfo
+from mesh.node.routing import Fallback
+from mesh.node.work_sharing import WorkSharing
+from mesh.rpc import Methods, RpcConnection, RpcServer
+from mesh.runtime.runtime import Runtime
+from mesh.service import Answer, EdgemeshServer
+
+__all__ = ["Node"]
+
+# The scheduler's counters that status() always shows, zero or not.
+_WORK_COUNTERS = (
+    "served_local",
+    "served_remote",
+    "stolen_in",
+    "stolen_out",
+    "requeued",
+    "expired",
+    "cancelled",
+    "late_dropped",
+    "orphaned",
+    "steal_requests",
+    "steals_empty",
+    "nudges_sent",
+)
+# Routing's counters (mesh.node.routing), likewise.
+_ROUTING_COUNTERS = ("offloaded", "served_by_gateway", "offload_failed", "refused")
+# A peer asked for a model's signature (for HTTP metadata) gets this long.
+_METADATA_TIMEOUT_S = 5.0
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """A node serving the models of ``config`` over msgpack-RPC.
+
+    ``runtime`` may be passed in (tests share one across nodes); by default
+    the node loads its own from ``config.runtime`` and closes it on exit.
+    """
+
+    def __init__(self, config: NodeConfig, runtime: Runtime | None = None) -> None:
+        self.config = config
+        self.id = uuid.uuid4().hex[:12]
+        # A restarted node keeps its name but gets a higher incarnation, so
+        # peers see the same member come back rather than a stranger.
+        self.incarnation = time.time_ns() // 1_000_000
+        self.mesh_id = mesh_id(config.mesh_key)
+        self.ready = asyncio.Event()
+        self._runtime = runtime
+        self._owns_runtime = runtime is None
+        self._stop = asyncio.Event()
+        self._started = time.monotonic()
+        self._server: RpcServer | None = None
+        self._membership: MeshMembership | None = None
+        self._work: WorkSharing | None = None
+        self._fallback: Fallback | None = None
+        self._gateway: GatewayClient | None = None
+        self._http: HttpServer | None = None
+        self._counters: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._in_flight = 0
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The RPC port the node listens on (known once :attr:`ready` is set)."""
+        if self._server is None or self._server.bound_port is None:
+            raise RuntimeError("the node is not listening yet")
+        return self._server.bound_port
+
+    @property
+    def runtime(self) -> Runtime:
+        """The model runtime (available once :attr:`ready` is set)."""
+        if self._runtime is None:
+            raise RuntimeError("the node has not loaded its models yet")
+        return self._runtime
+
+    @property
+    def http_port(self) -> int | None:
+        """The Open Inference Protocol port, when the node serves HTTP and listens."""
+        return None if self._http is None else self._http.bound_port
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to shut down; safe to call from a signal handler."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop` is called or the task is cancelled."""
+        if self._runtime is None:
+            # Loading verifies hashes and builds sessions: seconds of CPU on
+            # a small device, so it runs off the event loop.
+            self._runtime = await asyncio.to_thread(Runtime, self.config.runtime)
+        try:
+            await self._serve()
+        finally:
+            if self._owns_runtime:
+                await self._runtime.aclose()
+
+    async def _serve(self) -> None:
+        config = self.config
+        if config.mesh_key is None:
+            log.warning(
+                "node %s runs an OPEN mesh: anyone who can reach %s:%d can use it. "
+                "Give every node the same --mesh-key-file to close it.",
+                config.name,
+                config.host,
+                config.port,
+            )
+        self._server = RpcServer(
+            host=config.host,
+            port=config.port,
+            config=config.rpc,
+            methods=self._methods(),
+            key=config.mesh_key,
+            hello_info=self._hello_info,
+        )
+        port = await self._server.start()
+        async with contextlib.AsyncExitStack() as stack:
+            if config.gateway is not None:
+                self._gateway = await stack.enter_async_context(GatewayClient(config.gateway))
+            await self._serve_on(port)
+
+    async def _serve_on(self, port: int) -> None:
+        config = self.config
+        assert self._server is not None
+        work = self._work = WorkSharing(
+            node_id=self.id,
+            name=config.name,
+            runtime=self.runtime,
+            config=self._scheduler_config(),
+            emulation=config.work.emulation,
+            link=self._link,
+        )
+        self._fallback = Fallback(work, self._gateway, config.fallback)
+        membership = self._membership = MeshMembership(
+            me=SelfInfo(
+                name=config.name,
+                id=self.id,
+                incarnation=self.incarnation,
+                rpc_port=port,
+                mesh_id=self.mesh_id,
+            ),
+            config=config.mesh,
+            rpc=config.rpc,
+            key=config.mesh_key,
+            load=self._gossip_load,
+            on_load=work.on_peer_load,
+            on_gone=work.on_peer_gone,
+        )
+        # Measured before anyone hears of us, so our first gossip already
+        # tells peers how fast we are.
+        await work.warm_up()
+        async with asyncio.TaskGroup() as tasks:
+            # Work sharing first: tasks start in order, so it is running
+            # before the server can hand it a request.
+            started = [tasks.create_task(work.run())]
+            listening = asyncio.Event()
+            started.append(tasks.create_task(self._server.serve(listening)))
+            await listening.wait()
+            if config.http.port is not None:
+                self._http = HttpServer(_HttpFace(self), host=config.host, config=config.http)
+                http_listening = asyncio.Event()
+                started.append(tasks.create_task(self._http.serve(http_listening)))
+                await http_listening.wait()
+            started.append(tasks.create_task(membership.run()))
+            if config.mesh.mdns:
+                discovery = MdnsDiscovery(
+                    advert=self._advert(port),
+                    interfaces=config.mesh.interfaces,
+                    on_event=membership.on_discovery,
+                )
+                started.append(tasks.create_task(discovery.run()))
+            self._announce(port)
+            await self._stop.wait()
+            log.info("node %s stopping", config.name)
+            for task in started:
+                task.cancel()
+
+    def _advert(self, port: int) -> Advert:
+        return Advert(
+            name=self.config.name,
+            id=self.id,
+            version=__version__,
+            rpc_port=port,
+            http_port=self.http_port,
+            role="node",
+            mesh_id=self.mesh_id,
+        )
+
+    def _scheduler_config(self) -> SchedulerConfig:
+        work = self.config.work
+        slots = work.slots or self.runtime.threads
+        queue_cap = self.config.fallback.queue_cap
+        if work.emulation is not None:
+            # An emulated device runs `slots` calls at once and no more; a
+            # deeper hand-off would count waiting calls as running.
+            return SchedulerConfig(
+                slots=slots, steal=work.steal, solo_depth=slots, queue_cap=queue_cap
+            )
+        return SchedulerConfig(slots=slots, steal=work.steal, queue_cap=queue_cap)
+
+    def _link(self, name: str) -> RpcConnection | None:
+        return None if self._membership is None else self._membership.link(name)
+
+    def _gossip_load(self) -> Load:
+        """This node's load as peers need it: time, not queue length."""
+        load = self._sharing.load()
+        return Load(
+            models=tuple(ModelHolding(s.name, s.sha256) for s in self.runtime.specs()),
+            service_s=load.service_s,
+            queued_s=load.queued_s,
+            free_slots=load.free_slots,
+            slots=load.slots,
+            role="node",
+        )
+
+    @property
+    def _sharing(self) -> WorkSharing:
+        if self._work is None:
+            raise RuntimeError("the node is not serving yet")
+        return self._work
+
+    def _announce(self, port: int) -> None:
+        config = self.config
+        log.info(
+            "node %s (%s) listening on %s:%d with models %s; mesh %s",
+            config.name,
+            self.id,
+            config.host,
+            port,
+            ", ".join(self.runtime.names) or "(none)",
+            self.mesh_id,
+        )
+        if config.ready_file is not None:
+            info = {
+                "name": config.name,
+                "id": self.id,
+                "host": config.host,
+                "rpc_port": port,
+                "http_port": self.http_port,
+            }
+            temporary = config.ready_file.with_suffix(config.ready_file.suffix + ".tmp")
+            temporary.write_text(json.dumps(info))
+            # A rename is atomic: a watcher never reads half a file.
+            temporary.replace(config.ready_file)
+        self.ready.set()
+
+    # --- methods -------------------------------------------------------------
+
+    def _methods(self) -> Methods:
+        return Methods(
+            inline={
+                "ping": self._ping,
+                "models": self._models,
+                "status": self._status,
+                STEAL: lambda c, p: self._sharing.on_steal(c, p),
+            },
+            concurrent={"infer": self._infer},
+            notifications={
+                GOSSIP: self._on_gossip,
+                RESULT: lambda c, p: self._sharing.on_result(c, p),
+                HANDOFF: lambda c, p: self._sharing.on_handoff(c, p),
+                CANCEL: lambda c, p: self._sharing.on_cancel(c, p),
+                NUDGE: lambda c, p: self._sharing.on_nudge(c, p),
+            },
+        )
+
+    def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
+        if self._membership is not None:
+            self._membership.on_gossip(connection, params)
+
+    def _hello_info(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "id": self.id,
+            "version": __version__,
+            "mesh_id": self.mesh_id,
+            "role": "node",
+        }
+
+    @staticmethod
+    def _no_params(method: str, params: list[Any]) -> None:
+        if params:
+            raise BadRequest(f"{method} takes no parameters, got {len(params)}")
+
+    def _ping(self, _: RpcConnection, params: list[Any]) -> str:
+        self._no_params("ping", params)
+        return "pong"
+
+    def _models(self, _: RpcConnection, params: list[Any]) -> list[dict[str, Any]]:
+        self._no_params("models", params)
+        return [spec.to_wire() for spec in self.runtime.specs()]
+
+    def _status(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        self._no_params("status", params)
+        server = self._server
+        return {
+            **self._hello_info(),
+            "models": list(self.runtime.names),
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "incarnation": self.incarnation,
+            "peers": [] if self._membership is None else self._membership.peers_status(),
+            "membership": {} if self._membership is None else self._membership.stats(),
+            "auth": self.config.mesh_key is not None,
+            "rpc": {
+                "host": self.config.host,
+                "port": None if server is None else server.bound_port,
+                "connections": 0 if server is None else server.connections,
+            },
+            "http": {"port": self.http_port},
+            "gateway": None if self._gateway is None else self._gateway.status(),
+            "routing": {} if self._fallback is None else self._fallback.status(),
+            "counters": {
+                "requests": self._counters["requests"],
+                "served": self._counters["served"],
+                "failed": self._counters["failed"],
+                "in_flight": self._in_flight,
+                "errors": dict(self._errors),
+                **self._work_counters(),
+            },
+            "scheduler": {} if self._work is None else self._work.status(),
+            "emulation": None
+            if self.config.work.emulation is None
+            else self.config.work.emulation.to_status(),
+            "steal_activity": {} if self._work is None else self._work.scheduler.peer_activity(),
+        }
+
+    def _work_counters(self) -> dict[str, int]:
+        counters = Counter() if self._work is None else self._work.scheduler.counters
+        routing = Counter() if self._fallback is None else self._fallback.counters
+        return {
+            **{name: counters[name] for name in _WORK_COUNTERS},
+            **{name: routing[name] for name in _ROUTING_COUNTERS},
+        }
+
+    async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        try:
+            request = parse_infer(params)
+        except MeshError as exc:
+            self._count_failure(exc)
+            raise
+        answer = await self.infer(request)
+        outputs = encode_tensors(answer.outputs)
+        if request.detail:
+            return {"outputs": outputs, "ran_on": answer.ran_on}
+        return outputs
+
+    def _count_failure(self, exc: MeshError) -> None:
+        self._counters["requests"] += 1
+        self._counters["failed"] += 1
+        self._errors[exc.code] += 1
+
+    # --- what both front ends (RPC and HTTP) serve -------------------------------
+
+    async def infer(self, request: InferRequest) -> Answer:
+        """Route ``request`` (mesh or gateway) and count it; RPC and HTTP both come here."""
+        if self._fallback is None:
+            raise RuntimeError("the node is not serving yet")
+        self._counters["requests"] += 1
+        self._in_flight += 1
+        try:
+            answer = await self._fallback.infer(request)
+        except MeshError as exc:
+            self._counters["failed"] += 1
+            self._errors[exc.code] += 1
+            raise
+        finally:
+            self._in_flight -= 1
+        self._counters["served"] += 1
+        return answer
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        """V2 metadata of ``name``: ours, else a peer's that runs it, else the gateway's."""
+        if name in self.runtime:
+            return model_metadata(self.runtime.spec(name))
+        for peer in self._sharing.scheduler.holders(name):
+            connection = self._link(peer)
+            if connection is None:
+                continue
+            try:
+                specs = await connection.call("models", [], timeout=_METADATA_TIMEOUT_S)
+                for spec in map(ModelSpec.from_wire, specs):
+                    if spec.name == name:
+                        return model_metadata(spec)
+            except MeshError as exc:
+                log.debug("no metadata of %s from %s: %s", name, peer, exc.message)
+        if self._gateway is not None:
+            return await self._gateway.model_metadata(name)
+        raise ModelNotFound(f"no node in the mesh serves model '{name}'")
+
+
+class _HttpFace(EdgemeshServer):
+    """The node as the Open Inference Protocol sees it (an InferenceService).
+
+    Kept apart because the node's ``ready`` is its readiness event.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def ready(self) -> bool:
+        return self._node.ready.is_set() and not self._node.stopping
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        return await self._node.model_metadata(name)
+
+    async def infer(self, request: InferRequest) -> Answer:
+        return await self._node.infer(request)

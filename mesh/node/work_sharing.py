@@ -1,0 +1,471 @@
+"""The work-sharing driver: carries out what :mod:`mesh.core.scheduling.scheduler` decides.
+
+The scheduler holds the rules; this module is the I/O around them. It turns
+``infer`` calls into owned requests, runs jobs on the runtime (padded when the
+node emulates a device), and talks to peers over the links membership keeps:
+``steal`` calls, and ``result``, ``handoff``, ``cancel`` and ``nudge``
+notifications (see :mod:`mesh.core.wire.handover` and docs/PROTOCOL.md).
+
+Every decision goes through :meth:`WorkSharing._do`, and every task it starts
+lives in the TaskGroup of :meth:`WorkSharing.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mesh.config import Emulation
+from mesh.core.membership.peers import Load
+from mesh.core.policy.capacity import Placement
+from mesh.core.scheduling.emulation import EmulatedDevice
+from mesh.core.scheduling.jobs import (
+    Abort,
+    Action,
+    Cancel,
+    Handoff,
+    Job,
+    JobKey,
+    Nudge,
+    PeerLoad,
+    Reply,
+    RunLocal,
+    SchedulerConfig,
+    SendResult,
+    Steal,
+)
+from mesh.core.scheduling.scheduler import Scheduler, snapshot
+from mesh.core.wire.handover import (
+    CANCEL,
+    HANDOFF,
+    NUDGE,
+    RESULT,
+    STEAL,
+    Outcome,
+    Tensors,
+    encode_grant,
+    encode_outcome,
+    parse_cancel,
+    parse_grant,
+    parse_handoff,
+    parse_nudge,
+    parse_result,
+    parse_steal_ask,
+)
+from mesh.core.wire.requests import InferRequest
+from mesh.errors import InternalError, MeshError
+from mesh.rpc import RpcConnection
+from mesh.runtime.runtime import Runtime, RuntimeCall
+from mesh.service import Answer
+
+__all__ = ["WorkSharing"]
+
+log = logging.getLogger(__name__)
+
+# A steal is one round trip on a LAN; a victim that takes longer than this
+# is treated as having nothing for us (its lease logic covers the rest).
+_STEAL_TIMEOUT_S = 5.0
+# Shape used for a dynamic dimension in the warm-up calls, and how many
+# there are per model (the first one is cold and not counted).
+_WARMUP_DIM = 1
+_WARMUP_CALLS = 3
+
+
+class WorkSharing:
+    """One node's side of work sharing; run :meth:`run` in the node's TaskGroup."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        name: str,
+        runtime: Runtime,
+        config: SchedulerConfig,
+        emulation: Emulation | None,
+        link: Callable[[str], RpcConnection | None],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.node_id = node_id
+        self._runtime = runtime
+        self._device = (
+            None if emulation is None else EmulatedDevice(emulation.service_s, config.slots)
+        )
+        self._link = link
+        models = {spec.name: spec.sha256 for spec in runtime.specs()}
+        self.scheduler: Scheduler[Tensors] = Scheduler(
+            node_id=node_id, name=name, models=models, config=config, rng=rng
+        )
+        self._loop = asyncio.get_running_loop()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._pending: dict[int, asyncio.Future[Answer]] = {}
+        # Jobs running here: their runtime calls, and the pads of those done
+        # early on an emulated device.
+        self._calls: dict[JobKey, RuntimeCall] = {}
+        self._pads: dict[JobKey, asyncio.TimerHandle] = {}
+        self._wake = asyncio.Event()
+        self._sleeping_until: float | None = None
+        self._warned: set[str] = set()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def warm_up(self) -> None:
+        """Run each model a few times, as a job would run, to measure its service time.
+
+        Peers weigh a node's share by this from its first gossip, so a fast
+        device is given more from the start rather than after a few calls.
+        The first call is cold (lazy initialisation) and not counted; of the
+        others the quickest is, as a device at work runs call after call
+        without the pauses a lone call meets. On an emulated device a call
+        is measured to when the device ends it, not to when this loop woke.
+        """
+        for spec in self._runtime.specs():
+            inputs = {
+                t.name: np.zeros(
+                    [d if isinstance(d, int) and d > 0 else _WARMUP_DIM for d in t.shape],
+                    dtype=t.dtype,
+                )
+                for t in spec.inputs
+            }
+            times: list[float] = []
+            for _ in range(_WARMUP_CALLS):
+                started = self._loop.time()
+                try:
+                    await self._runtime.infer(spec.name, inputs)
+                except MeshError as exc:
+                    log.info("no warm-up for %s: %s", spec.name, exc.message)
+                    break
+                end = self._emulated_end(started)
+                if end is not None:
+                    await asyncio.sleep(end - self._loop.time())
+                times.append((self._loop.time() if end is None else end) - started)
+            if len(times) > 1:
+                self.scheduler.observe_service(spec.name, min(times[1:]))
+
+    async def run(self) -> None:
+        """Keep time for the scheduler and own every task work sharing starts."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            try:
+                while True:
+                    deadline = self.scheduler.next_deadline()
+                    self._sleeping_until = deadline
+                    self._wake.clear()
+                    delay = None if deadline is None else max(0.0, deadline - self._loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._wake.wait()
+                    self._do(self.scheduler.tick(self._now()))
+            finally:
+                self._tasks = None
+                for call in self._calls.values():
+                    self._runtime.cancel(call)
+                for pad in self._pads.values():
+                    pad.cancel()
+                self._calls.clear()
+                self._pads.clear()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(InternalError("the node is shutting down"))
+
+    # --- requests entering here --------------------------------------------------
+
+    def placement(self, request: InferRequest, deadline_ms: float) -> Placement:
+        """Whether ``request``, due within ``deadline_ms``, should stay in the
+        mesh; InvalidInput if its inputs do not fit a model that runs here."""
+        now = self._now()
+        placement = self.scheduler.placement(request.model, now + deadline_ms / 1000, now)
+        if request.model in self.scheduler.models and (
+            placement.offload or self.scheduler.shares_work()
+        ):
+            # Checked at the door, so that a bad request is told so rather
+            # than refused, and never travels to a thief or the gateway. One
+            # that stays on a lone node is checked once, by the runtime.
+            self._runtime.check_inputs(request.model, request.inputs)
+        return placement
+
+    async def infer(self, request: InferRequest) -> Answer:
+        """Own ``request`` until it is answered: here, by a thief, or with an error."""
+        now = self._now()
+        deadline = None if request.deadline_ms is None else now + request.deadline_ms / 1000
+        seq, actions = self.scheduler.submit(
+            model=request.model,
+            payload=request.inputs,
+            size_bytes=sum(a.nbytes for a in request.inputs.values()),
+            deadline=deadline,
+            request_id=request.request_id,
+            now=now,
+        )
+        future: asyncio.Future[Answer] = self._loop.create_future()
+        self._pending[seq] = future
+        self._do(actions)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # The client went away: nobody is left to answer.
+            self._pending.pop(seq, None)
+            self._do(self.scheduler.cancel(seq, self._now()))
+            raise
+
+    # --- what peers send ----------------------------------------------------------
+
+    def on_steal(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        """``steal``: hand queued work to the thief that asks."""
+        ask = parse_steal_ask(params)
+        now = self._now()
+        jobs, actions = self.scheduler.grant(ask, now)
+        reply = encode_grant(jobs, self.scheduler.load_summary(now), now)
+        self._do(actions)
+        return reply
+
+    def on_result(self, connection: RpcConnection, params: list[Any]) -> None:
+        """``result``: a peer ran one of our requests."""
+        notice = self._parse(parse_result, params, connection)
+        if notice is None or notice.owner_id != self.node_id:
+            return
+        self._do(
+            self.scheduler.result(notice.seq, notice.epoch, self._now()),
+            outcome=notice.outcome,
+            ran_on=notice.ran_on,
+        )
+
+    def on_handoff(self, connection: RpcConnection, params: list[Any]) -> None:
+        """``handoff``: a holder of our request passed it on."""
+        notice = self._parse(parse_handoff, params, connection)
+        if notice is None or notice.owner_id != self.node_id:
+            return
+        self.scheduler.handoff(notice.seq, notice.epoch, notice.holder, notice.lease_s, self._now())
+        self._rearm()
+
+    def on_cancel(self, connection: RpcConnection, params: list[Any]) -> None:
+        """``cancel``: an owner no longer wants a request we hold."""
+        key = self._parse(parse_cancel, params, connection)
+        if key is not None:
+            self._do(self.scheduler.cancel_foreign(key, self._now()))
+
+    def on_nudge(self, connection: RpcConnection, params: list[Any]) -> None:
+        """``nudge``: a peer holds work we could take."""
+        name = self._parse(parse_nudge, params, connection)
+        if name is not None:
+            self._do(self.scheduler.nudged(name, self._now()))
+
+    def on_peer_load(self, name: str, load: Load) -> None:
+        """A peer's gossip (from membership)."""
+        peer = PeerLoad(
+            models={m.name: m.sha256 for m in load.models},
+            service_s=load.service_s,
+            queued_s=load.queued_s,
+            free_slots=load.free_slots,
+            slots=load.slots,
+        )
+        self._do(self.scheduler.peer_update(name, peer, self._now()))
+
+    def on_peer_gone(self, name: str) -> None:
+        """A peer died or restarted (from membership)."""
+        self._do(self.scheduler.peer_lost(name, self._now()))
+
+    # --- what the node reports -------------------------------------------------------
+
+    def load(self) -> PeerLoad:
+        """This node's load now, for gossip."""
+        return self.scheduler.load_summary(self._now())
+
+    def status(self) -> dict[str, Any]:
+        """The scheduler's figures for ``status()`` (emulation is the node's to report)."""
+        return snapshot(self.scheduler, self._now())
+
+    # --- carrying out decisions ----------------------------------------------------
+
+    def _do(
+        self,
+        actions: list[Action],
+        *,
+        outcome: Outcome | None = None,
+        ran_on: str | None = None,
+    ) -> None:
+        """Carry out ``actions``; ``outcome`` is the result a plain Reply refers to."""
+        for action in actions:
+            if isinstance(action, RunLocal):
+                self._start(action.job)
+            elif isinstance(action, Reply):
+                self._reply(action, outcome, ran_on)
+            elif isinstance(action, SendResult):
+                # Only `_finish` produces SendResult, and passes the outcome.
+                if outcome is not None:
+                    self._send_result(action.job, outcome)
+            elif isinstance(action, Steal):
+                self._spawn(self._steal(action))
+            elif isinstance(action, Nudge):
+                self._notify(action.peer, NUDGE, [self.name])
+            elif isinstance(action, Handoff):
+                self._notify(
+                    action.owner,
+                    HANDOFF,
+                    [action.owner_id, action.seq, action.epoch, action.holder, action.lease_s],
+                )
+            elif isinstance(action, Cancel):
+                self._notify(action.holder, CANCEL, [action.key[0], action.key[1]])
+            elif isinstance(action, Abort):
+                self._abort(action.job)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Wake the clock if the scheduler's next deadline moved earlier."""
+        deadline = self.scheduler.next_deadline()
+        if deadline is not None and (
+            self._sleeping_until is None or deadline < self._sleeping_until
+        ):
+            self._sleeping_until = deadline
+            self._wake.set()
+
+    def _reply(self, action: Reply, outcome: Outcome | None, ran_on: str | None) -> None:
+        future = self._pending.pop(action.seq, None)
+        if future is None or future.done():
+            return
+        if action.error is not None:
+            future.set_exception(action.error)
+        elif isinstance(outcome, MeshError):
+            future.set_exception(outcome)
+        elif outcome is not None:
+            future.set_result(Answer(outcome, ran_on or self.name))
+        else:  # a scheduler bug; the client still gets an answer
+            future.set_exception(InternalError(f"request {action.seq} finished without a result"))
+
+    def _spawn(self, coroutine: Any) -> None:
+        if self._tasks is None:
+            coroutine.close()
+            return
+        self._tasks.create_task(coroutine)
+
+    def _notify(self, peer: str, method: str, params: list[Any]) -> None:
+        connection = self._link(peer)
+        if connection is None:
+            return  # membership will declare it dead; the scheduler recovers then
+        with contextlib.suppress(MeshError):
+            connection.notify(method, params)
+
+    # --- running jobs here --------------------------------------------------------------
+
+    def _start(self, job: Job[Tensors]) -> None:
+        """Hand ``job`` to the runtime; :meth:`_ran` takes it from there.
+
+        A done-callback rather than a task per job: a job costs the event
+        loop one callback, which matters when a small model takes 20 µs.
+        """
+        try:
+            call = self._runtime.start(job.model, job.payload)
+        except MeshError as exc:
+            # Not from inside _do's loop: report it on the next turn.
+            self._loop.call_soon(self._complete, job, exc)
+            return
+        self._calls[job.key] = call
+        call.future.add_done_callback(functools.partial(self._ran, job, call))
+
+    def _ran(self, job: Job[Tensors], call: RuntimeCall, future: asyncio.Future[Tensors]) -> None:
+        if self._calls.get(job.key) is not call or future.cancelled():
+            return  # aborted: the scheduler already forgot it
+        error = future.exception()
+        outcome: Outcome
+        if error is None:
+            outcome = future.result()
+        elif isinstance(error, MeshError):
+            outcome = error
+        else:
+            log.error("model %s failed unexpectedly", job.model, exc_info=error)
+            outcome = InternalError(f"model '{job.model}' failed; see the node's log")
+        end = self._emulated_end(job.enqueued_at)
+        if end is not None:
+            self._pads[job.key] = self._loop.call_at(end, self._complete, job, outcome)
+            return
+        self._complete(job, outcome)
+
+    def _emulated_end(self, arrived: float) -> float | None:
+        """When an emulated device would end a call that arrived at ``arrived``;
+        None when the node emulates nothing or that time has already come."""
+        if self._device is None:
+            return None
+        end = self._device.finish_at(arrived)
+        return end if end > self._loop.time() else None
+
+    def _complete(self, job: Job[Tensors], outcome: Outcome) -> None:
+        self._calls.pop(job.key, None)
+        self._pads.pop(job.key, None)
+        now = self._now()
+        took = None
+        if not isinstance(outcome, MeshError) and job.started_at is not None:
+            took = now - job.started_at
+        self._do(self.scheduler.finished(job, took_s=took, now=now), outcome=outcome)
+
+    def _abort(self, job: Job[Tensors]) -> None:
+        call = self._calls.pop(job.key, None)
+        if call is not None:
+            self._runtime.cancel(call)
+        pad = self._pads.pop(job.key, None)
+        if pad is not None:
+            pad.cancel()
+            if self._device is not None:
+                # An aborted run stops at once (the runtime terminates it),
+                # so the emulated device is free now, as the scheduler
+                # believes, not when the padded call would have ended.
+                self._device.release(pad.when(), self._loop.time())
+
+    def _send_result(self, job: Job[Tensors], outcome: Outcome) -> None:
+        self._notify(
+            job.owner,
+            RESULT,
+            [job.key[0], job.key[1], job.epoch, self.name, encode_outcome(outcome)],
+        )
+
+    # --- stealing ------------------------------------------------------------------------
+
+    async def _steal(self, action: Steal) -> None:
+        connection = self._link(action.victim)
+        if connection is None:
+            self._do(self.scheduler.steal_failed(action.victim, self._now()))
+            return
+        started = self._loop.time()
+        try:
+            reply = await connection.call(STEAL, [action.ask.to_wire()], timeout=_STEAL_TIMEOUT_S)
+            jobs, load = parse_grant(reply, self._now())
+        except MeshError as exc:
+            self._warn_once(
+                f"steal:{action.victim}", "steal from %s failed: %s", action.victim, exc
+            )
+            self._do(self.scheduler.steal_failed(action.victim, self._now()))
+            return
+        took = self._loop.time() - started
+        size = sum(job.size_bytes for job in jobs)
+        self._do(
+            self.scheduler.granted(
+                action.victim, jobs, load, took_s=took, reply_bytes=size, now=self._now()
+            )
+        )
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _parse(
+        self, parse: Callable[[list[Any]], Any], params: list[Any], connection: RpcConnection
+    ) -> Any:
+        try:
+            return parse(params)
+        except MeshError as exc:
+            self._warn_once(
+                f"parse:{connection.peer}", "bad message from %s: %s", connection.peer, exc.message
+            )
+            return None
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(message, *args)
+
+    def _now(self) -> float:
+        return self._loop.time()
