@@ -25,7 +25,7 @@ import logging
 from typing import Any
 
 from mesh.config import Emulation, GatewayServerConfig
-from mesh.core.policy.capacity import Capacity, finish_s
+from mesh.core.policy.admission import GatewayLoad, admit
 from mesh.core.scheduling.emulation import EmulatedDevice
 from mesh.core.wire.oip import model_metadata
 from mesh.core.wire.requests import InferRequest
@@ -97,20 +97,31 @@ class RuntimeService(EdgemeshServer):
         }
 
     async def infer(self, request: InferRequest) -> Answer:
-        """Run ``request`` when a slot is free; Overloaded if the queue is full."""
+        """Run ``request`` when a slot is free.
+
+        Overloaded at once when :func:`~mesh.core.policy.admission.admit`
+        says no: the queue is full, or it could not finish in time.
+        """
         loop = asyncio.get_running_loop()
         arrived = loop.time()
         # Unknown models and bad inputs are refused before they take a place.
         self._runtime.check_inputs(request.model, request.inputs)
-        if self._slots.locked() and self._waiting >= self.queue_cap:
+        remaining_s = None if request.deadline_ms is None else request.deadline_ms / 1000
+        deadline = None if remaining_s is None else arrived + remaining_s
+        load = GatewayLoad(
+            name=self.name,
+            slots=self.slots,
+            queue_cap=self.queue_cap,
+            running=self._running,
+            waiting=self._waiting,
+            full=self._slots.locked(),
+        )
+        # Only a request with a deadline needs the service time.
+        service_s = None if remaining_s is None else self._service_s(request.model)
+        admission = admit(load, service_s=service_s, remaining_s=remaining_s)
+        if not admission.admitted:
             self.refused += 1
-            raise Overloaded(
-                f"gateway {self.name} is full: {self.slots} requests running and "
-                f"{self._waiting} waiting (queue cap {self.queue_cap})"
-            )
-        deadline = None if request.deadline_ms is None else arrived + request.deadline_ms / 1000
-        if request.deadline_ms is not None:
-            self._admit(request.model, request.deadline_ms / 1000)
+            raise Overloaded(admission.reason)
         self._waiting += 1
         try:
             await self._slots.acquire()
@@ -122,30 +133,6 @@ class RuntimeService(EdgemeshServer):
         finally:
             self._running -= 1
             self._slots.release()
-
-    def _admit(self, model: str, remaining_s: float) -> None:
-        """Refuse at once a request that could not finish in ``remaining_s``."""
-        service = self._service_s(model)
-        if service is None:
-            return
-        # The same arithmetic as a node's fallback rule: our slots drain the
-        # queue from when they are free (a busy one is half done, on
-        # average), then the request takes a whole service time.
-        busy = self._running >= self.slots
-        here = Capacity(
-            name=self.name,
-            free_in_s=service / 2 if busy else 0.0,
-            slots=self.slots,
-            service_s=service,
-        )
-        finish = finish_s([here], ahead=self._waiting)
-        if finish > remaining_s:
-            self.refused += 1
-            raise Overloaded(
-                f"gateway {self.name} would finish it in about {finish * 1000:.0f} ms "
-                f"({self._running} running, {self._waiting} waiting), past its deadline of "
-                f"{remaining_s * 1000:.0f} ms"
-            )
 
     def _service_s(self, model: str) -> float | None:
         """Seconds one call of ``model`` keeps a slot busy; None before the first call.
