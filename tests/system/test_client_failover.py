@@ -19,8 +19,8 @@ import onnxruntime as ort
 import pytest
 
 from mesh import MeshClient
-from tests.conftest import MODELS_DIR
-from tests.system.fleet import NodeFleet
+from tests.helpers import MODELS_DIR
+from tests.helpers.fleet import NodeFleet
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import MODELS_DIR
+from tests.helpers import MODELS_DIR
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 

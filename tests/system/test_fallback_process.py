@@ -23,8 +23,8 @@ import pytest
 from mesh.demo.processes import start_gateway_process
 from mesh.errors import Overloaded
 from mesh.sdk.client import Inference, MeshClient
-from tests.conftest import MODELS_DIR
-from tests.system.fleet import NodeFleet
+from tests.helpers import MODELS_DIR
+from tests.helpers.fleet import NodeFleet
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,51 +16,12 @@ import numpy as np
 import pytest
 
 from mesh.demo.processes import stop_process
-from tests.conftest import MODELS_DIR
+from tests.helpers import MODELS_DIR
+from tests.helpers.gateway import start_gateway
 
 pytestmark = pytest.mark.system
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
-READY_TIMEOUT_S = 60.0
-
-
-def start_gateway(
-    workdir: Path, *extra: str, name: str = "gw"
-) -> tuple[subprocess.Popen[bytes], int]:
-    """``python -m mesh gateway`` on 127.0.0.1 with a free port; returns it and its port."""
-    ready = workdir / f"{name}.ready.json"
-    log = workdir / f"{name}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "mesh",
-        "gateway",
-        "--name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        *extra,
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.exists():
-            if process.poll() is not None:
-                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start in {READY_TIMEOUT_S:.0f} s:\n{log.read_text()}")
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        assert info == {"name": name, "host": "127.0.0.1", "http_port": info["http_port"]}
-        return process, int(info["http_port"])
-    except BaseException:
-        stop_process(process)
-        raise
 
 
 @pytest.fixture

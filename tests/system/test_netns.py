@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import KEY
-from tests.system.netns import LabUnavailable, NetnsLab, unavailable_reason
+from tests.helpers import KEY
+from tests.helpers.netns import LabUnavailable, NetnsLab, unavailable_reason
 
 pytestmark = [
     pytest.mark.system,

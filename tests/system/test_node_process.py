@@ -18,7 +18,7 @@ import pytest
 
 from mesh import AuthError, Client, InvalidInput
 from mesh.demo.processes import start_node_process, stop_process
-from tests.conftest import KEY
+from tests.helpers import KEY
 
 pytestmark = pytest.mark.system
 

@@ -28,8 +28,8 @@ from mesh.config import GatewayClientConfig
 from mesh.demo.processes import stop_process
 from mesh.errors import ModelNotFound
 from mesh.gateway.client import GatewayClient
-from tests.conftest import MODELS_DIR
-from tests.system.test_gateway_process import start_gateway
+from tests.helpers import MODELS_DIR
+from tests.helpers.gateway import start_gateway
 
 pytestmark = pytest.mark.system
 

@@ -16,7 +16,9 @@ import pytest
 from mesh import MeshClient
 from mesh.config import MeshConfig, NodeConfig
 from mesh.node.node import Node
-from tests.conftest import KEY, RawConnection, node_config, running_node
+from tests.helpers import KEY
+from tests.helpers.nodes import node_config, running_node
+from tests.helpers.raw_rpc import RawConnection
 
 FAST = {"gossip_interval_s": 0.05, "suspect_after_s": 0.4, "dead_after_s": 0.3}
 

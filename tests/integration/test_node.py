@@ -25,7 +25,9 @@ from mesh import (
 )
 from mesh.config import RuntimeConfig
 from mesh.core.wire.tensors import encode_tensors
-from tests.conftest import KEY, MODELS_DIR, RawConnection, node_config, running_node
+from tests.helpers import KEY, MODELS_DIR
+from tests.helpers.nodes import node_config, running_node
+from tests.helpers.raw_rpc import RawConnection
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 

@@ -15,6 +15,7 @@ import pytest
 from mesh.cli.logs import configure_logging
 from mesh.cli.main import _parser, main
 from mesh.config import GATEWAY_SETTING_KEYS, NODE_SETTING_KEYS, load_node_config
+from tests.helpers import REPO
 
 COMMANDS = ("node", "gateway", "infer", "models", "status", "demo")
 # Flags that are not settings: the file itself, and argparse's own.
@@ -94,7 +95,7 @@ def test_text_logs_are_readable(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_readme_node_toml_example_loads(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     key_file = tmp_path / "mesh.key"
     key_file.write_text("0123456789abcdef0123456789abcdef")

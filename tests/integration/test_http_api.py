@@ -36,7 +36,7 @@ from mesh.errors import (
 from mesh.http.server import HEADER_LENGTH, HttpServer
 from mesh.runtime.runtime import Runtime
 from mesh.service import Answer
-from tests.conftest import MODELS_DIR
+from tests.helpers import MODELS_DIR
 
 Array = np.ndarray[Any, Any]
 DIGITS = "digits-small"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import msgpack
@@ -12,73 +11,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mesh.config import Emulation, MeshConfig, RuntimeConfig, WorkConfig
 from mesh.errors import DeadlineExceeded, ModelNotFound, Overloaded
-from mesh.node.node import Node
 from mesh.sdk.client import MeshClient
-from tests.conftest import MODELS_DIR, RawConnection, node_config, running_node
+from tests.helpers import MODELS_DIR
+from tests.helpers.nodes import counters, mesh_of, running_node
+from tests.helpers.raw_rpc import RawConnection
 
 pytestmark = pytest.mark.timeout(60)
-
-SERVICE_MS = 10.0
-
-
-def mesh_node_config(
-    name: str,
-    first_port: int | None,
-    *,
-    models: Sequence[str] = ("digits-small",),
-    speed: float = 1.0,
-    steal: bool = True,
-) -> Any:
-    return node_config(
-        name=name,
-        mesh=MeshConfig(
-            mdns=False,
-            peers=() if first_port is None else (f"127.0.0.1:{first_port}",),
-            gossip_interval_s=0.05,
-        ),
-        runtime=RuntimeConfig(
-            model_dirs=(MODELS_DIR,),
-            model_names=tuple(models),
-            per_model_concurrency=1,
-            executor_threads=1,
-        ),
-        work=WorkConfig(
-            slots=1, steal=steal, emulation=Emulation(speed=speed, service_ms=SERVICE_MS)
-        ),
-    )
-
-
-@contextlib.asynccontextmanager
-async def mesh_of(
-    specs: Sequence[dict[str, Any]],
-) -> AsyncIterator[list[Node]]:
-    """Nodes on 127.0.0.1, each bootstrapped from the first, once all see each other."""
-    async with contextlib.AsyncExitStack() as stack:
-        nodes: list[Node] = []
-        for index, spec in enumerate(specs):
-            first = nodes[0].port if nodes else None
-            config = mesh_node_config(f"n{index}", first, **spec)
-            nodes.append(await stack.enter_async_context(running_node(config)))
-        await converged(nodes)
-        yield nodes
-
-
-async def converged(nodes: Sequence[Node]) -> None:
-    async with asyncio.timeout(10):
-        while True:
-            views = [node._status(None, [])["peers"] for node in nodes]  # type: ignore[arg-type]
-            if all(
-                sum(1 for p in view if p["state"] == "alive" and p["connected"]) == len(nodes) - 1
-                for view in views
-            ):
-                return
-            await asyncio.sleep(0.02)
-
-
-def counters(node: Node) -> dict[str, Any]:
-    return node._status(None, [])["counters"]  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ from mesh.errors import (
     RpcTimeout,
 )
 from mesh.rpc import Methods, RpcClient, RpcConnection, RpcServer
-from tests.conftest import KEY, RawConnection
+from tests.helpers import KEY
+from tests.helpers.raw_rpc import RawConnection
 
 
 async def sleep_then_echo(_: RpcConnection, params: list[Any]) -> Any:

@@ -21,9 +21,9 @@ import pytest
 from mesh.config import GatewayClientConfig, HttpConfig, RuntimeConfig
 from mesh.node.node import Node
 from mesh.runtime.runtime import Runtime
-from tests.conftest import MODELS_DIR, running_node
-from tests.test_gateway import gateway_config, misbehaving_server, running_gateway
-from tests.test_work import converged, counters, mesh_node_config
+from tests.helpers import MODELS_DIR
+from tests.helpers.gateway import gateway_config, misbehaving_server, running_gateway
+from tests.helpers.nodes import converged, counters, mesh_node_config, running_node
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -27,8 +27,8 @@ from mesh import (
 )
 from mesh.config import MeshConfig
 from mesh.node.node import Node
-from tests.conftest import KEY, MODELS_DIR, node_config, running_node
-from tests.test_work import counters, mesh_node_config, mesh_of
+from tests.helpers import KEY, MODELS_DIR
+from tests.helpers.nodes import counters, mesh_node_config, mesh_of, node_config, running_node
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from mesh.demo.processes import start_node_process, stop_process
-from tests.conftest import MODELS_DIR, REPO
-from tests.system.netns import LabUnavailable, NetnsLab, unavailable_reason
+from tests.helpers import MODELS_DIR, REPO
+from tests.helpers.netns import LabUnavailable, NetnsLab, unavailable_reason
 
 EXAMPLES = REPO / "examples"
 RUN_TIMEOUT_S = 120.0

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from mesh.config import (
     BreakerConfig,
     Emulation,
     GatewayClientConfig,
-    GatewayServerConfig,
-    HttpConfig,
     RuntimeConfig,
     load_gateway_config,
 )
@@ -36,9 +32,10 @@ from mesh.errors import (
     ProtocolError,
 )
 from mesh.gateway.client import GatewayClient
-from mesh.gateway.server import Gateway, RuntimeService
+from mesh.gateway.server import RuntimeService
 from mesh.runtime.runtime import Runtime
-from tests.conftest import MODELS_DIR
+from tests.helpers import MODELS_DIR
+from tests.helpers.gateway import gateway_config, misbehaving_server, running_gateway
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 FAST_BREAKER = BreakerConfig(failure_threshold=3, open_s=0.05, max_open_s=0.2)
@@ -55,30 +52,6 @@ def runtime() -> Iterator[Runtime]:
         )
     ) as loaded:
         yield loaded
-
-
-def gateway_config(port: int = 0, **overrides: Any) -> GatewayServerConfig:
-    settings: dict[str, Any] = {"host": "127.0.0.1", "http": HttpConfig(port=port)}
-    settings.update(overrides)
-    return GatewayServerConfig(**settings)
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(
-    config: GatewayServerConfig, runtime: Runtime | None = None
-) -> AsyncIterator[Gateway]:
-    gateway = Gateway(config, runtime)
-    task = asyncio.create_task(gateway.run())
-    ready = asyncio.create_task(gateway.ready.wait())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()
-    try:
-        yield gateway
-    finally:
-        gateway.stop()
-        await task
 
 
 def client_for(url: str, **overrides: Any) -> GatewayClient:
@@ -292,46 +265,6 @@ async def test_emulation_pads_each_call_to_its_service_time(
 
 
 # --- a misbehaving upstream ---------------------------------------------------------------
-# A real gateway never sends garbage, hangs or fails with 500 on purpose, so
-# these cases use a tiny aiohttp server on 127.0.0.1 that does exactly that.
-
-
-@contextlib.asynccontextmanager
-async def misbehaving_server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    state: dict[str, Any] = {"ready": 200}
-
-    async def infer(request: web.Request) -> web.Response:
-        await request.read()
-        model = request.match_info["model"]
-        if model == "garbage":
-            return web.Response(body=b"\x00not a v2 answer", content_type="application/json")
-        if model == "hang":
-            await asyncio.sleep(5)
-        if model == "boom":
-            return web.json_response({"error": "kaput"}, status=500)
-        if model == "busy":
-            return web.json_response({"error": "too busy"}, status=503)
-        if model == "late":
-            return web.json_response({"error": "too late", "code": "DeadlineExceeded"}, status=503)
-        return web.json_response({"error": "what?"}, status=404)
-
-    async def ready(request: web.Request) -> web.Response:
-        return web.json_response({}, status=state["ready"])
-
-    app = web.Application()
-    app.router.add_post("/v2/models/{model}/infer", infer)
-    app.router.add_get("/v2/health/ready", ready)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}", state
-    finally:
-        await runner.cleanup()
-
-
 X = {"X": np.zeros((1, 64), np.float32)}
 
 

@@ -27,8 +27,8 @@ from mesh.errors import (
     ModelNotFound,
 )
 from mesh.runtime.runtime import UNLISTED_VERSION, Runtime
+from tests.helpers import MODELS_DIR
 
-MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 BUNDLED = ("cnn-heavy", "digits-large", "digits-small")
 
 

@@ -1,0 +1,135 @@
+"""Gateways for tests: in the test's event loop, as a real process, and a
+misbehaving V2 server for the faults a real gateway never shows on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from mesh.config import GatewayServerConfig, HttpConfig
+from mesh.demo.processes import stop_process
+from mesh.gateway.server import Gateway
+from mesh.runtime.runtime import Runtime
+
+__all__ = [
+    "READY_TIMEOUT_S",
+    "gateway_config",
+    "misbehaving_server",
+    "running_gateway",
+    "start_gateway",
+]
+
+READY_TIMEOUT_S = 60.0
+
+
+def start_gateway(
+    workdir: Path, *extra: str, name: str = "gw"
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``python -m mesh gateway`` on 127.0.0.1 with a free port; returns it and its port."""
+    ready = workdir / f"{name}.ready.json"
+    log = workdir / f"{name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "mesh",
+        "gateway",
+        "--name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+        *extra,
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ready.exists():
+            if process.poll() is not None:
+                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"gateway did not start in {READY_TIMEOUT_S:.0f} s:\n{log.read_text()}")
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        assert info == {"name": name, "host": "127.0.0.1", "http_port": info["http_port"]}
+        return process, int(info["http_port"])
+    except BaseException:
+        stop_process(process)
+        raise
+
+
+def gateway_config(port: int = 0, **overrides: Any) -> GatewayServerConfig:
+    settings: dict[str, Any] = {"host": "127.0.0.1", "http": HttpConfig(port=port)}
+    settings.update(overrides)
+    return GatewayServerConfig(**settings)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    config: GatewayServerConfig, runtime: Runtime | None = None
+) -> AsyncIterator[Gateway]:
+    gateway = Gateway(config, runtime)
+    task = asyncio.create_task(gateway.run())
+    ready = asyncio.create_task(gateway.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+        await task
+
+
+# A real gateway never sends garbage, hangs or fails with 500 on purpose, so
+# these cases use a tiny aiohttp server on 127.0.0.1 that does exactly that.
+
+
+@contextlib.asynccontextmanager
+async def misbehaving_server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    state: dict[str, Any] = {"ready": 200}
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        model = request.match_info["model"]
+        if model == "garbage":
+            return web.Response(body=b"\x00not a v2 answer", content_type="application/json")
+        if model == "hang":
+            await asyncio.sleep(5)
+        if model == "boom":
+            return web.json_response({"error": "kaput"}, status=500)
+        if model == "busy":
+            return web.json_response({"error": "too busy"}, status=503)
+        if model == "late":
+            return web.json_response({"error": "too late", "code": "DeadlineExceeded"}, status=503)
+        return web.json_response({"error": "what?"}, status=404)
+
+    async def ready(request: web.Request) -> web.Response:
+        return web.json_response({}, status=state["ready"])
+
+    app = web.Application()
+    app.router.add_post("/v2/models/{model}/infer", infer)
+    app.router.add_get("/v2/health/ready", ready)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", state
+    finally:
+        await runner.cleanup()
