@@ -10,9 +10,11 @@ A gateway that stops answering is not hammered: after
 requests fail at once with :class:`~mesh.errors.PeerUnavailable`, saying
 why and when the next probe is. The client probes ``/v2/health/ready``
 itself when the open period is over, so no user request is spent finding
-out whether the gateway is back. A 503 is not a failure: the gateway is
-alive and says it is busy, which the caller hears as
-:class:`~mesh.errors.Overloaded`.
+out whether the gateway is back. Which outcomes count as failures is
+:func:`mesh.core.policy.breaker.judge`'s rule; this module only maps what
+aiohttp and asyncio say onto its plain values. A 503, for one, is not a
+failure: the gateway is alive and says it is busy, which the caller hears
+as :class:`~mesh.errors.Overloaded`.
 
 Use it as an async context manager; the block owns the connection pool and
 the probe loop::
@@ -38,7 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mesh.config import GatewayClientConfig, check_gateway_url
-from mesh.core.policy.breaker import BreakerState, CircuitBreaker
+from mesh.core.policy.breaker import BreakerState, CircuitBreaker, Exchange, Outcome, judge
 from mesh.core.wire.oip import encode_infer_request, parse_infer_response, parse_model_metadata
 from mesh.core.wire.tensors import Tensors
 from mesh.errors import (
@@ -232,7 +234,7 @@ class GatewayClient:
         except (ProtocolError, ValueError) as exc:
             what = f"its answer to {model!r} is not a V2 infer response: {exc}"
             raise self._garbage(what) from None
-        self._breaker.record_success(self._now())
+        self._count(Outcome(status=200))
         return {name: np.asarray(value) for name, value in response.outputs.items()}
 
     async def _binary_supported(self, limit_s: float) -> bool:
@@ -247,8 +249,7 @@ class GatewayClient:
                 if self._binary is None:
                     reply = await self._send("GET", "/v2", limit_s)
                     self._binary = reply.status == 200 and _has_binary_extension(reply.body)
-                    if reply.status < 500:
-                        self._breaker.record_success(self._now())
+                    self._count(Outcome(status=reply.status), exchange="negotiation")
                     log.debug("gateway %s binary tensors: %s", self.url, self._binary)
         return self._binary
 
@@ -261,7 +262,7 @@ class GatewayClient:
         except (ProtocolError, ValueError) as exc:
             what = f"its metadata of {name!r} is not V2 model metadata: {exc}"
             raise self._garbage(what) from None
-        self._breaker.record_success(self._now())
+        self._count(Outcome(status=200))
         return metadata
 
     async def ready(self) -> bool:
@@ -269,10 +270,11 @@ class GatewayClient:
 
         A health check: it ignores the breaker and does not feed it.
         """
-        return await self._check_ready() is None
+        outcome, _ = await self._check_ready()
+        return judge(outcome, "probe") == "works"
 
-    async def _check_ready(self) -> str | None:
-        """None when the gateway is ready, else why not."""
+    async def _check_ready(self) -> tuple[Outcome, str]:
+        """How a health check ended, and what to say if it did not pass."""
         session = self._require_session()
         limit = min(_PROBE_TIMEOUT_S, self.config.timeout_s)
         try:
@@ -283,10 +285,11 @@ class GatewayClient:
                 await response.read()
                 status = response.status
         except TimeoutError:
-            return f"no answer to a health check within {limit * 1000:.0f} ms"
+            reason = f"no answer to a health check within {limit * 1000:.0f} ms"
+            return Outcome(error="timeout"), reason
         except (aiohttp.ClientError, OSError) as exc:
-            return _transport_reason(exc)
-        return None if status == 200 else f"health check answered HTTP {status}"
+            return Outcome(error="unreachable"), _transport_reason(exc)
+        return Outcome(status=status), f"health check answered HTTP {status}"
 
     async def _send(
         self,
@@ -324,61 +327,29 @@ class GatewayClient:
         except TimeoutError:
             # The whole budget, not what was left of it for this exchange.
             waited_ms = (budget_s or limit_s) * 1000
-            reason = f"no answer within {waited_ms:.0f} ms"
-            if self._last_answer_at > sent_at:
-                # It answered others meanwhile: busy, not broken. A request
-                # with a short deadline must not open the circuit for all.
-                self.slow += 1
-            else:
-                self._failed(reason)
+            timeout = Outcome(error="timeout", answered_others=self._last_answer_at > sent_at)
+            self._count(timeout, f"no answer within {waited_ms:.0f} ms")
             raise DeadlineExceeded(
                 f"the gateway did not answer within {waited_ms:.0f} ms ({self.url})"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             reason = _transport_reason(exc)
-            self._failed(reason)
+            self._count(Outcome(error="unreachable"), reason)
             raise PeerUnavailable(f"gateway {self.url} is unavailable: {reason}") from None
         finally:
             self._in_flight -= 1
 
     def _raise_for_status(self, reply: _Reply, model: str) -> None:
-        """Map a non-200 answer onto the error tree (and the breaker)."""
+        """Count a non-200 answer for the breaker and raise it as a MeshError."""
         status = reply.status
         if status == 200:
             return
         text, code = _error_message(reply)
-        message = f"gateway {self.url}: {text}"
-        error: MeshError
-        if status == 503:
-            # Alive and busy: neither a success nor a failure for the breaker.
-            # An edgemesh gateway says which (its error bodies carry a code).
-            if code == DeadlineExceeded.code:
-                raise DeadlineExceeded(message)
-            raise Overloaded(message)
-        if status >= 500:
-            if status != 500:
-                error = RemoteError(message, remote_code=f"HTTP{status}")
-            elif code == InternalError.code:
-                error = InternalError(message)
-            else:
-                error = InferenceFailed(message)
-            self._failed(f"HTTP {status}: {_clip(text, 80)}")
-            raise error
-        self._breaker.record_success(self._now())  # it answered, so it works
-        if status == 404:
-            error = ModelNotFound(message)
-        elif status in (400, 422):
-            error = InvalidInput(message)
-        elif status == 413:
-            error = MessageTooLarge(message)
-        elif status in (401, 403):
-            error = AuthError(message)
-        else:
-            error = RemoteError(message, remote_code=f"HTTP{status}")
-        raise error
+        self._count(Outcome(status=status), f"HTTP {status}: {_clip(text, 80)}")
+        raise _status_error(status, code, f"gateway {self.url}: {text}")
 
     def _garbage(self, what: str) -> ProtocolError:
-        self._failed("garbled answer")
+        self._count(Outcome(error="garbled"), "garbled answer")
         return ProtocolError(f"gateway {self.url}: {what}")
 
     def _refusal(self, now: float) -> str:
@@ -393,6 +364,16 @@ class GatewayClient:
         )
 
     # --- the breaker and the probe loop ------------------------------------------
+
+    def _count(self, outcome: Outcome, reason: str = "", exchange: Exchange = "request") -> None:
+        """Record for the breaker what ``outcome`` says of the gateway; ``reason`` if a failure."""
+        verdict = judge(outcome, exchange)
+        if verdict == "works":
+            self._breaker.record_success(self._now())
+        elif verdict == "failure":
+            self._failed(reason)
+        elif verdict == "slow":
+            self.slow += 1
 
     def _failed(self, reason: str) -> None:
         before = self._breaker.state
@@ -420,8 +401,8 @@ class GatewayClient:
                 await asyncio.sleep(delay)
                 continue
             breaker.begin_probe(self._now())
-            reason = await self._check_ready()
-            if reason is None:
+            outcome, reason = await self._check_ready()
+            if judge(outcome, "probe") == "works":
                 breaker.probe_succeeded(self._now())
                 self._binary = None
                 log.info("gateway %s is back; circuit closed", self.url)
@@ -460,6 +441,28 @@ def _transport_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return str(exc) or type(exc).__name__
+
+
+def _status_error(status: int, code: str | None, message: str) -> MeshError:
+    """The MeshError a non-200 answer stands for; ``code`` is an edgemesh body's code."""
+    if status == 503:
+        # Alive and busy; an edgemesh gateway says whether it was the deadline.
+        if code == DeadlineExceeded.code:
+            return DeadlineExceeded(message)
+        return Overloaded(message)
+    if status == 500:
+        if code == InternalError.code:
+            return InternalError(message)
+        return InferenceFailed(message)
+    if status == 404:
+        return ModelNotFound(message)
+    if status in (400, 422):
+        return InvalidInput(message)
+    if status == 413:
+        return MessageTooLarge(message)
+    if status in (401, 403):
+        return AuthError(message)
+    return RemoteError(message, remote_code=f"HTTP{status}")
 
 
 def _error_message(reply: _Reply) -> tuple[str, str | None]:

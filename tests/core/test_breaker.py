@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from mesh.config import BreakerConfig
-from mesh.core.policy.breaker import CircuitBreaker
+from mesh.core.policy.breaker import CircuitBreaker, Exchange, Outcome, Verdict, judge
 from mesh.errors import ConfigError
 
 CONFIG = BreakerConfig(failure_threshold=3, open_s=1.0, max_open_s=4.0)
@@ -175,3 +175,84 @@ def test_probe_calls_out_of_turn_are_bugs(call: str, state: str) -> None:
 def test_bad_config_is_refused(config: BreakerConfig, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         CircuitBreaker(config)
+
+
+# --- what counts: slow versus broken ---------------------------------------------------
+
+ANSWERED_OTHERS = Outcome(error="timeout", answered_others=True)
+TIMED_OUT = Outcome(error="timeout")
+UNREACHABLE = Outcome(error="unreachable")
+GARBLED = Outcome(error="garbled")
+
+
+def answer(status: int) -> Outcome:
+    return Outcome(status=status)
+
+
+VERDICTS: list[tuple[str, Outcome, Exchange, Verdict]] = [
+    # A request: only what says the gateway is not working is a failure.
+    ("a parsed answer", answer(200), "request", "works"),
+    ("no connection", UNREACHABLE, "request", "failure"),
+    ("no answer and no other answers", TIMED_OUT, "request", "failure"),
+    ("its deadline ran out while others were answered", ANSWERED_OTHERS, "request", "slow"),
+    ("garbage", GARBLED, "request", "failure"),
+    ("503 is busy", answer(503), "request", "busy"),
+    ("500", answer(500), "request", "failure"),
+    ("502", answer(502), "request", "failure"),
+    ("504", answer(504), "request", "failure"),
+    ("404: it answered", answer(404), "request", "works"),
+    ("400: it answered", answer(400), "request", "works"),
+    ("401: it answered", answer(401), "request", "works"),
+    ("413: it answered", answer(413), "request", "works"),
+    ("422: it answered", answer(422), "request", "works"),
+    # Asking which extensions it speaks: a 5xx tells nothing.
+    ("negotiation 200", answer(200), "negotiation", "works"),
+    ("negotiation 404", answer(404), "negotiation", "works"),
+    ("negotiation 500", answer(500), "negotiation", "unknown"),
+    ("negotiation 503", answer(503), "negotiation", "unknown"),
+    ("negotiation timeout", TIMED_OUT, "negotiation", "failure"),
+    ("negotiation slow", ANSWERED_OTHERS, "negotiation", "slow"),
+    ("negotiation unreachable", UNREACHABLE, "negotiation", "failure"),
+    # A readiness probe passes on 200 only; busy is not ready.
+    ("probe 200", answer(200), "probe", "works"),
+    ("probe 503", answer(503), "probe", "failure"),
+    ("probe 404", answer(404), "probe", "failure"),
+    ("probe 500", answer(500), "probe", "failure"),
+    ("probe timeout", TIMED_OUT, "probe", "failure"),
+    ("probe timeout, others answered", ANSWERED_OTHERS, "probe", "failure"),
+    ("probe unreachable", UNREACHABLE, "probe", "failure"),
+]
+
+
+@pytest.mark.parametrize(
+    ("outcome", "exchange", "verdict"),
+    [case[1:] for case in VERDICTS],
+    ids=[case[0] for case in VERDICTS],
+)
+def test_judge(outcome: Outcome, exchange: Exchange, verdict: Verdict) -> None:
+    assert judge(outcome, exchange) == verdict
+
+
+def test_a_request_is_the_default_exchange() -> None:
+    assert judge(answer(502)) == "failure"
+    assert judge(ANSWERED_OTHERS) == "slow"
+
+
+@pytest.mark.parametrize("fields", [{}, {"status": 200, "error": "timeout"}])
+def test_an_outcome_is_an_answer_or_an_error(fields: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="a status or an error"):
+        Outcome(**fields)  # type: ignore[arg-type]
+
+
+def test_slow_requests_never_open_the_circuit() -> None:
+    # However many run out of time while the gateway answers others, the
+    # circuit stays closed; the same count of real timeouts opens it.
+    breaker = CircuitBreaker(CONFIG)
+    for at in range(10):
+        if judge(ANSWERED_OTHERS) == "failure":
+            breaker.record_failure(float(at), "timeout")
+    assert breaker.state == "closed"
+    for at in range(3):
+        if judge(TIMED_OUT) == "failure":
+            breaker.record_failure(float(at), "timeout")
+    assert breaker.state == "open"

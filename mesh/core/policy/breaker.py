@@ -22,6 +22,13 @@ Only the probe takes the breaker out of open. A request that was already
 in flight when the circuit opened and ends later (either way) is counted
 but moves nothing: a slow gateway that answers one straggler is not yet
 a gateway to send all traffic to again.
+
+What counts as a failure is :func:`judge`'s to say: the client reduces
+each exchange to an :class:`Outcome` of plain values (an HTTP status, or
+how it went wrong) and records what the verdict says. Slow is not broken:
+a request whose own time ran out while the gateway answered others says
+the gateway is busy, and a short deadline must not open the circuit for
+everyone.
 """
 
 from __future__ import annotations
@@ -31,7 +38,15 @@ from typing import Any, Literal
 
 from mesh.errors import ConfigError
 
-__all__ = ["BreakerConfig", "BreakerState", "CircuitBreaker"]
+__all__ = [
+    "BreakerConfig",
+    "BreakerState",
+    "CircuitBreaker",
+    "Exchange",
+    "Outcome",
+    "Verdict",
+    "judge",
+]
 
 
 @dataclass(frozen=True)
@@ -173,3 +188,69 @@ class CircuitBreaker:
             self.opened += 1
         self._state = "open"
         self._open_until = now + self._period
+
+
+Exchange = Literal["request", "negotiation", "probe"]
+"""What a call to the gateway was for.
+
+``request``: an inference or a model's metadata, the calls users make.
+``negotiation``: ``GET /v2``, asking which extensions the server speaks.
+``probe``: ``GET /v2/health/ready``, the breaker's own health check.
+"""
+
+Verdict = Literal["works", "failure", "slow", "busy", "unknown"]
+"""What an outcome says of the gateway.
+
+``works``: it answered as a working server does (record a success).
+``failure``: it is not working (record a failure; for a probe, the probe failed).
+``slow``: the request ran out of time while the gateway answered others.
+``busy``: it is alive and said so (503).
+``unknown``: the answer says nothing either way.
+Only ``works`` and ``failure`` move the breaker.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one exchange with the gateway ended, in plain values.
+
+    Either the gateway answered with ``status`` (and, for a 200, an answer
+    that parsed), or ``error`` says why there is no usable answer:
+    ``unreachable`` (no connection, or it was lost or cut off), ``timeout``
+    (the request's own time ran out first), or ``garbled`` (the answer was
+    not what the protocol says).
+    """
+
+    status: int | None = None
+    error: Literal["unreachable", "timeout", "garbled"] | None = None
+    # For a timeout: whether the gateway answered another call after this
+    # one was sent.
+    answered_others: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.status is None) == (self.error is None):
+            raise ValueError(f"an outcome has a status or an error, not both or neither: {self}")
+
+
+def judge(outcome: Outcome, exchange: Exchange = "request") -> Verdict:
+    """What ``outcome`` of an ``exchange`` says of the gateway, for its breaker."""
+    if exchange == "probe":
+        # A health check passes only on 200; anything else keeps it open.
+        return "works" if outcome.status == 200 else "failure"
+    if outcome.error == "timeout":
+        # Answering others meanwhile means busy, not broken.
+        return "slow" if outcome.answered_others else "failure"
+    if outcome.error is not None:
+        return "failure"
+    status = outcome.status
+    assert status is not None  # an Outcome has one or the other
+    if exchange == "negotiation":
+        # A 5xx to this side question is not held against the gateway: the
+        # request that follows it goes through the breaker and will tell.
+        return "works" if status < 500 else "unknown"
+    if status == 503:
+        return "busy"
+    if status >= 500:
+        return "failure"
+    # 200, and client errors (404, 400, ...): it answered, so it works.
+    return "works"
