@@ -1,0 +1,202 @@
+"""The owner's ledger: whose request is where, under which epoch, until when.
+
+The node a request enters owns it and must answer it exactly once. The
+ledger keeps, per owned request, the job itself (payload and all, so that it
+can be taken back), the peer holding it (None while it is here) and that
+holder's lease. Taking a request back bumps its epoch, so that a result
+carrying the old one is recognised as stale and dropped.
+
+It also keeps the other side: jobs of other owners that this node holds
+(stolen from a peer), by key, so that their owner can cancel them and so
+that they can be dropped when their owner dies.
+
+Bookkeeping only: the ledger neither queues nor runs anything, and decides
+nothing about where work goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from mesh.core.scheduling.jobs import Job, JobKey, JobState, SchedulerConfig
+from mesh.errors import DeadlineExceeded
+
+P = TypeVar("P")
+
+__all__ = ["Ledger", "Owned", "lease_s", "missed_deadline"]
+
+
+@dataclass(slots=True)
+class Owned(Generic[P]):
+    """The owner's record of one request it must answer."""
+
+    job: Job[P]  # kept, payload and all, so the request can be taken back
+    holder: str | None = None  # peer name; None while it is here
+    lease_until: float | None = None
+
+
+class Ledger(Generic[P]):
+    """Requests this node owns, by seq, and others' jobs it holds, by key."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self._owned: dict[int, Owned[P]] = {}
+        self._held: dict[JobKey, Job[P]] = {}
+
+    # --- ours -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Requests this node must still answer."""
+        return len(self._owned)
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._owned
+
+    def is_ours(self, key: JobKey) -> bool:
+        """Whether ``key`` names a request this node owns (or owned)."""
+        return key[0] == self.node_id
+
+    def own(self, job: Job[P]) -> None:
+        """Take ownership of ``job``, a new request queued here."""
+        self._owned[job.key[1]] = Owned(job)
+
+    def records(self) -> list[Owned[P]]:
+        """Every owned request's record (a copy of the list: callers may answer)."""
+        return list(self._owned.values())
+
+    def current(self, seq: int, epoch: int) -> Owned[P] | None:
+        """The record of ``seq`` if it is still unanswered and at ``epoch``."""
+        owned = self._owned.get(seq)
+        return owned if owned is not None and owned.job.epoch == epoch else None
+
+    def away(self, seq: int, epoch: int) -> Owned[P] | None:
+        """Like :meth:`current`, and only while a peer holds it."""
+        owned = self.current(seq, epoch)
+        return owned if owned is not None and owned.holder is not None else None
+
+    def answer(self, seq: int) -> Owned[P] | None:
+        """Forget ``seq``: it is answered (or its client left). Its record, if any."""
+        return self._owned.pop(seq, None)
+
+    def hand_to(self, owned: Owned[P], holder: str, lease_until: float) -> None:
+        """``holder`` now holds the request, until ``lease_until`` at the latest."""
+        owned.holder = holder
+        owned.lease_until = lease_until
+
+    def take_back(self, owned: Owned[P]) -> Job[P]:
+        """Its holder failed us: a fresh job for it here under ``epoch + 1``."""
+        old = owned.job
+        job: Job[P] = Job(
+            key=old.key,
+            owner=old.owner,
+            model=old.model,
+            sha256=old.sha256,
+            epoch=old.epoch + 1,
+            payload=old.payload,
+            size_bytes=old.size_bytes,
+            deadline=old.deadline,
+            request_id=old.request_id,
+            enqueued_at=old.enqueued_at,  # it keeps its place: it is old work
+        )
+        self._home(owned, job)
+        return job
+
+    def came_home(self, job: Job[P]) -> bool:
+        """We stole back one of our own requests; False if it was answered or
+        taken back meanwhile (then the copy is stale)."""
+        owned = self.current(job.key[1], job.epoch)
+        if owned is None:
+            return False
+        self._home(owned, job)
+        return True
+
+    @staticmethod
+    def _home(owned: Owned[P], job: Job[P]) -> None:
+        # Here again, it is under no lease.
+        owned.job = job
+        owned.holder = None
+        owned.lease_until = None
+
+    def lease_ran_out(self, key: JobKey, epoch: int, now: float) -> Owned[P] | None:
+        """The record whose holder's lease for ``key`` at ``epoch`` ended by ``now``."""
+        owned = self.away(key[1], epoch)
+        if owned is None or owned.lease_until is None or owned.lease_until > now:
+            return None
+        return owned
+
+    def expired(self, key: JobKey, epoch: int, now: float) -> Owned[P] | None:
+        """Answer and return ``key``'s record if its deadline has passed by ``now``."""
+        owned = self.current(key[1], epoch)
+        if owned is None or owned.job.deadline is None or owned.job.deadline > now:
+            return None
+        del self._owned[key[1]]
+        return owned
+
+    def unholdable(self, runnable: Callable[[str], bool]) -> list[tuple[int, Owned[P]]]:
+        """Answer and return the queued requests whose model no live node runs."""
+        gone = [
+            (seq, owned)
+            for seq, owned in self._owned.items()
+            if owned.holder is None
+            and owned.job.state is JobState.QUEUED
+            and not runnable(owned.job.model)
+        ]
+        for seq, _ in gone:
+            del self._owned[seq]
+        return gone
+
+    # --- others' ------------------------------------------------------------------
+
+    def hold(self, job: Job[P]) -> None:
+        """Keep another owner's ``job``, taken from a peer."""
+        self._held[job.key] = job
+
+    def held(self, key: JobKey) -> Job[P] | None:
+        """Another owner's job held here under ``key``."""
+        return self._held.get(key)
+
+    def release(self, key: JobKey) -> Job[P] | None:
+        """Stop holding ``key`` (run, granted on, cancelled); the job, if held."""
+        return self._held.pop(key, None)
+
+    def orphans(self, owner: str) -> list[Job[P]]:
+        """Release and return every job held for ``owner`` (which died)."""
+        jobs = [job for job in self._held.values() if job.owner == owner]
+        for job in jobs:
+            del self._held[job.key]
+        return jobs
+
+    # --- timers -------------------------------------------------------------------
+
+    def deadline_live(self, key: JobKey, epoch: int) -> bool:
+        """Whether a deadline timer for ``key`` at ``epoch`` can still matter."""
+        if self.is_ours(key):
+            return self.current(key[1], epoch) is not None
+        job = self._held.get(key)
+        return job is not None and job.epoch == epoch and job.state is JobState.QUEUED
+
+    def lease_live(self, key: JobKey, epoch: int, until: float) -> bool:
+        """Whether a lease timer for ``key`` at ``epoch``, ending ``until``, still matters."""
+        owned = self.away(key[1], epoch)
+        return owned is not None and owned.lease_until == until
+
+
+def lease_s(config: SchedulerConfig, thief_finish_s: float) -> float:
+    """How long a thief that should finish in ``thief_finish_s`` may hold a request."""
+    return config.lease_min_s + config.lease_factor * thief_finish_s
+
+
+def missed_deadline(seq: int, owned: Owned[P]) -> DeadlineExceeded:
+    """The error a client gets when request ``seq`` was not answered by its deadline."""
+    job = owned.job
+    deadline = job.deadline if job.deadline is not None else job.enqueued_at
+    allowed_ms = round((deadline - job.enqueued_at) * 1000, 3)
+    where = "queued" if owned.holder is None else f"held by {owned.holder}"
+    if job.state is JobState.RUNNING:
+        where = "running"
+    return DeadlineExceeded(
+        f"request {job.request_id or seq} for {job.model} missed its deadline "
+        f"of {allowed_ms:g} ms ({where} when it passed)"
+    )
