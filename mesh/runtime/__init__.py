@@ -1,2 +1,3 @@
-"""onnxruntime behind the mesh: finding and verifying model files, and running
-them on a thread pool."""
+"""onnxruntime behind the mesh: finding and verifying model files (``loading``,
+``model_files``), running them on a thread pool (``executor``), and the
+:class:`~mesh.runtime.runtime.Runtime` that composes the two."""

@@ -4,7 +4,7 @@ A model directory holds ``*.onnx`` files and, optionally, a ``manifest.toml``
 that lists some of them with their sha256 and signature (see
 ``models/manifest.toml``). Files the manifest lists are served under the
 manifest's names; any other ``*.onnx`` file is served under its file stem.
-Nothing here loads a model: :mod:`mesh.runtime.runtime` does that.
+Nothing here loads a model: :mod:`mesh.runtime.loading` does that.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Model signatures, the model manifest, and input validation.
 
-Pure: no file I/O, no onnxruntime, no asyncio. :mod:`mesh.runtime.runtime` reads the
+Pure: no file I/O, no onnxruntime, no asyncio. :mod:`mesh.runtime.loading` reads the
 files and asks onnxruntime what a model declares; this module decides whether
 all of that is consistent and whether a request's inputs fit a model.
 
