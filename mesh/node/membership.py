@@ -46,6 +46,7 @@ from mesh.core.wire.addresses import format_address, parse_address
 from mesh.core.wire.framing import encode_notification
 from mesh.errors import AuthError, MeshError
 from mesh.mdns import DiscoveryEvent, PeerGone
+from mesh.node.log_once import WarnOnce
 from mesh.rpc import RpcClient, RpcConnection
 
 __all__ = ["GOSSIP", "MeshMembership", "SelfInfo"]
@@ -121,7 +122,7 @@ class MeshMembership:
         # The member last reached at each address.
         self._names: dict[tuple[str, int], str] = {}
         self._refused_until: dict[tuple[str, int], float] = {}
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(log)
         self._tasks: asyncio.TaskGroup | None = None
         self.gossip_sent = 0
         # Bytes sent on links that have closed; live links count their own.
@@ -371,7 +372,7 @@ class MeshMembership:
                 )
             await client.aclose()
             return ""
-        self._warned.discard(f"dial:{where}")
+        self._warn_once.forget(f"dial:{where}")
         self._names[(host, port)] = name
         self._links[name] = client
         try:
@@ -388,12 +389,6 @@ class MeshMembership:
     def _gone(self, name: str) -> None:
         if self._on_gone is not None:
             self._on_gone(name)
-
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        log.warning(message, *args)
 
     @staticmethod
     def _now() -> float:

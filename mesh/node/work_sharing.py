@@ -61,6 +61,7 @@ from mesh.core.wire.handover import (
 )
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import InternalError, MeshError
+from mesh.node.log_once import WarnOnce
 from mesh.rpc import RpcConnection
 from mesh.runtime.runtime import Runtime, RuntimeCall
 from mesh.service import Answer
@@ -112,7 +113,7 @@ class WorkSharing:
         self._pads: dict[JobKey, asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
-        self._warned: set[str] = set()
+        self._warn_once = WarnOnce(log)
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -460,12 +461,6 @@ class WorkSharing:
                 f"parse:{connection.peer}", "bad message from %s: %s", connection.peer, exc.message
             )
             return None
-
-    def _warn_once(self, key: str, message: str, *args: object) -> None:
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        log.warning(message, *args)
 
     def _now(self) -> float:
         return self._loop.time()

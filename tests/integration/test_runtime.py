@@ -268,7 +268,10 @@ async def test_gathered_calls_fail_or_succeed_each_on_its_own(runtime: Runtime) 
     def error_for(feeds: Any) -> Exception | None:
         mark = feeds["X"][0, 0]
         if mark == 1:
-            return ort_state.InvalidArgument("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad")
+            rejected: Exception = ort_state.InvalidArgument(
+                "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : bad"
+            )
+            return rejected
         if mark == 2:
             return KeyError("a bug in the session")  # not onnxruntime's: passed on as it is
         return None
