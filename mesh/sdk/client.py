@@ -13,7 +13,8 @@
 **Choosing a node.** Connecting dials every candidate at once, asks each
 for its ``status`` and uses the least loaded live one: the smallest
 estimated queueing wait (the node's own ``scheduler.wait_ms``) plus round
-trip. One connection carries every call, pipelined.
+trip. One connection carries every call, pipelined. The choices are
+:mod:`mesh.core.policy.node_choice`'s; this module carries them out.
 
 **Failing over.** If the connection to that node is lost (closed, reset,
 or silent for longer than the ``heartbeat``), every call that was waiting
@@ -43,9 +44,9 @@ from typing import Any, Literal, Self, overload
 from numpy.typing import ArrayLike
 
 from mesh.config import DEFAULT_RPC_PORT, RpcConfig
+from mesh.core.policy.node_choice import NodeChoice, deadline_left_s, give_up, tried_text
 from mesh.core.wire import auth
 from mesh.errors import (
-    AuthError,
     ConfigError,
     DeadlineExceeded,
     MeshError,
@@ -67,9 +68,6 @@ __all__ = ["Inference", "MeshClient", "ModelInfo", "TensorInfo"]
 
 log = logging.getLogger(__name__)
 
-# A node found dead is not dialled again for this long: the hundreds of calls
-# failing over together must not each probe it again.
-_DOWN_MEMORY_S = 1.0
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_RPC_PORT}"
 
 
@@ -132,7 +130,7 @@ class MeshClient:
         self._ids = itertools.count(1)
         self._link: NodeLink | None = None
         self._switching = asyncio.Lock()
-        self._down: dict[str, tuple[float, str]] = {}
+        self._choice = NodeChoice(self._addresses)
         self._open = False
 
     @classmethod
@@ -251,8 +249,8 @@ class MeshClient:
         def params(elapsed: float, attempt: int) -> list[Any]:
             options: dict[str, Any] = {"request_id": rid, "detail": True}
             if deadline is not None:
-                left = deadline if attempt == 0 else deadline - elapsed
-                if left <= 0:
+                left = deadline_left_s(deadline, elapsed, attempt)
+                if left is None:
                     raise DeadlineExceeded(
                         f"request {rid}: its deadline of {deadline:.3g} s passed while "
                         "failing over to another node"
@@ -395,7 +393,7 @@ class MeshClient:
                         link = await self._relink(tried)
                 except TimeoutError:
                     raise RpcTimeout(
-                        f"{method}: no node could take it within {timeout:.3g} s{_tried(tried)}"
+                        f"{method}: no node could take it within {timeout:.3g} s{tried_text(tried)}"
                     ) from None
             elapsed = loop.time() - started
             try:
@@ -405,7 +403,7 @@ class MeshClient:
             except PeerUnavailable as exc:
                 sends += 1
                 tried[link.address] = exc.message
-                self._down[link.address] = (loop.time(), exc.message)
+                self._choice.found_down(link.address, loop.time(), exc.message)
                 log.info("%s on %s lost (%s); failing over", method, link.address, exc.message)
 
     async def _relink(self, tried: dict[str, str]) -> NodeLink:
@@ -421,7 +419,7 @@ class MeshClient:
                 if link.address not in tried:
                     return link
                 # It came back, but this call was lost there once already.
-                raise PeerUnavailable(f"no untried edgemesh node is connected{_tried(tried)}")
+                raise PeerUnavailable(f"no untried edgemesh node is connected{tried_text(tried)}")
             if link is not None:
                 self._link = None
                 await link.aclose()
@@ -434,19 +432,12 @@ class MeshClient:
         the switching lock held.
         """
         loop = asyncio.get_running_loop()
-        fresh = []
-        for address in self._addresses:
-            if address in tried:
-                continue
-            down = None if connecting else self._down.get(address)
-            if down is not None and loop.time() - down[0] < _DOWN_MEMORY_S:
-                tried[address] = down[1]
-                continue
-            fresh.append(address)
-        if not fresh:
-            raise PeerUnavailable(f"no edgemesh node left to try{_tried(tried)}")
+        dial = self._choice.dial(tried, loop.time(), connecting=connecting)
+        tried.update(dial.skipped)
+        if not dial.addresses:
+            raise PeerUnavailable(f"no edgemesh node left to try{tried_text(tried)}")
         probes = await probe_all(
-            fresh, config=self._config, key=self._key, heartbeat=self._heartbeat
+            dial.addresses, config=self._config, key=self._key, heartbeat=self._heartbeat
         )
         links = [probe.link for probe in probes if probe.link is not None]
         if not self._open:  # closed while we were dialling
@@ -457,15 +448,11 @@ class MeshClient:
         for probe in probes:
             if probe.error is not None:
                 tried[probe.address] = probe.error.message
-                self._down[probe.address] = (loop.time(), probe.error.message)
-            elif probe.link is not None:
-                self._down.pop(probe.address, None)
+                self._choice.found_down(probe.address, loop.time(), probe.error.message)
+            elif probe.live:
+                self._choice.found_live(probe.address)
         if not links:
-            if connecting and len(self._addresses) == 1 and errors:
-                raise errors[0]
-            if connecting and any(isinstance(error, AuthError) for error in errors):
-                raise AuthError(f"the edgemesh nodes refused us{_tried(tried)}")
-            raise PeerUnavailable(f"no edgemesh node could be reached{_tried(tried)}")
+            raise give_up(errors, tried, connecting=connecting, candidates=len(self._addresses))
         best, *rest = links
         for link in rest:
             await link.aclose()
@@ -477,9 +464,3 @@ class MeshClient:
 
 def _no_params(elapsed: float, attempt: int) -> list[Any]:
     return []
-
-
-def _tried(tried: Mapping[str, str]) -> str:
-    if not tried:
-        return ""
-    return ": " + "; ".join(f"{address} ({why})" for address, why in tried.items())

@@ -4,9 +4,9 @@
 when to fail over; this module does the I/O for it:
 
 * :func:`probe_all` dials every candidate at once, runs the handshake and
-  asks each for its ``status``, and ranks the live ones by *score*: the
-  node's estimated queueing wait plus the round trip, both in seconds, so a
-  fast idle node far away and a busy one close by compare on one scale.
+  asks each for its ``status``, and ranks them as
+  :func:`mesh.core.policy.node_choice.rank` says: live ones first, least
+  estimated queueing wait plus round trip first.
 * :class:`NodeLink` is one authenticated connection with a heartbeat: a
   node that stops answering pings is taken for dead and its connection
   dropped, so the calls waiting on it fail over instead of hanging until
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.config import DEFAULT_RPC_PORT, RpcConfig
+from mesh.core.policy.node_choice import rank, score_s
 from mesh.core.wire.addresses import format_address, parse_address
 from mesh.errors import ConfigError, MeshError, PeerUnavailable, RpcTimeout, TransportError
 from mesh.rpc import RpcClient
@@ -150,6 +151,11 @@ class Probe:
     error: MeshError | None = None
     """Why the node cannot be used; None for a live node or one that was not waited for."""
 
+    @property
+    def live(self) -> bool:
+        """Whether the probe left a usable link."""
+        return self.link is not None
+
 
 async def probe_all(
     addresses: Sequence[str],
@@ -195,9 +201,7 @@ async def probe_all(
     found = [
         Probe(address) if task.cancelled() else task.result() for task, address in tasks.items()
     ]
-    order = {address: index for index, address in enumerate(addresses)}
-    # Ties (such as unknown load) keep the caller's order of candidates.
-    return sorted(found, key=lambda p: (p.link is None, p.score, order[p.address]))
+    return rank(found)
 
 
 async def _probe(
@@ -233,14 +237,5 @@ async def _probe(
         await rpc.aclose()
         raise
     return Probe(
-        address, link=NodeLink(address, rpc, heartbeat=heartbeat), score=_wait_s(status) + rtt
+        address, link=NodeLink(address, rpc, heartbeat=heartbeat), score=score_s(status, rtt)
     )
-
-
-def _wait_s(status: object) -> float:
-    """The node's own estimate of how long a new request would queue, in seconds."""
-    scheduler = status.get("scheduler") if isinstance(status, dict) else None
-    wait_ms = scheduler.get("wait_ms") if isinstance(scheduler, dict) else None
-    if isinstance(wait_ms, int | float) and not isinstance(wait_ms, bool) and wait_ms >= 0:
-        return float(wait_ms) / 1000
-    return 0.0
