@@ -248,11 +248,10 @@ def test_slow_requests_never_open_the_circuit() -> None:
     # However many run out of time while the gateway answers others, the
     # circuit stays closed; the same count of real timeouts opens it.
     breaker = CircuitBreaker(CONFIG)
-    for at in range(10):
-        if judge(ANSWERED_OTHERS) == "failure":
-            breaker.record_failure(float(at), "timeout")
-    assert breaker.state == "closed"
-    for at in range(3):
-        if judge(TIMED_OUT) == "failure":
-            breaker.record_failure(float(at), "timeout")
-    assert breaker.state == "open"
+    states = []
+    for outcome, count in ((ANSWERED_OTHERS, 10), (TIMED_OUT, 3)):
+        for at in range(count):
+            if judge(outcome) == "failure":
+                breaker.record_failure(float(at), "timeout")
+        states.append(breaker.state)
+    assert states == ["closed", "open"]
