@@ -46,6 +46,7 @@ from mesh.core.membership.adverts import (
     parse_advert,
 )
 from mesh.errors import ConfigError, ProtocolError
+from mesh.log_once import WarnOnce
 
 __all__ = [
     "DiscoveryEvent",
@@ -65,9 +66,6 @@ RESOLVE_TIMEOUT: Final = 1.0
 # Goodbye packets go out three times, 125 ms apart; leave room for that and no more,
 # so a node that is shutting down is never held up by the network.
 GOODBYE_TIMEOUT: Final = 1.0
-# Each instance name we complained about is remembered so it is logged only once;
-# the cap keeps a flood of forged names from growing that memory without end.
-_MAX_REPORTED: Final = 1024
 # Linux's IP_MULTICAST_ALL / IPV6_MULTICAST_ALL (linux/in.h, linux/in6.h); Python
 # does not export them.
 _IP_MULTICAST_ALL: Final = 49
@@ -121,7 +119,8 @@ class MdnsDiscovery:
         self._resolving: dict[str, asyncio.Task[None]] = {}
         # The last advert reported as PeerSeen, by full instance name.
         self._seen: dict[str, Advert] = {}
-        self._reported: dict[tuple[str, str], None] = {}
+        # Each instance name we complained about is logged once per kind of complaint.
+        self._warn_once = WarnOnce(log)
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Announce, browse and report until cancelled; then say goodbye.
@@ -346,13 +345,7 @@ class MdnsDiscovery:
         self._on_event(PeerSeen(advert))
 
     def _report_once(self, name: str, kind: str, message: str, *args: object) -> None:
-        key = (name.lower(), kind)
-        if key in self._reported:
-            return
-        if len(self._reported) >= _MAX_REPORTED:
-            del self._reported[next(iter(self._reported))]
-        self._reported[key] = None
-        log.warning(message, *args)
+        self._warn_once(f"{kind}:{name.lower()}", message, *args)
 
 
 async def _wait_for(announced: Awaitable[object]) -> None:

@@ -45,8 +45,8 @@ from mesh.core.membership.peers import (
 from mesh.core.wire.addresses import format_address, parse_address
 from mesh.core.wire.framing import encode_notification
 from mesh.errors import AuthError, MeshError
+from mesh.log_once import WarnOnce
 from mesh.mdns import DiscoveryEvent, PeerGone
-from mesh.node.log_once import WarnOnce
 from mesh.rpc import RpcClient, RpcConnection
 
 __all__ = ["GOSSIP", "MeshMembership", "SelfInfo"]

@@ -61,7 +61,7 @@ from mesh.core.wire.handover import (
 )
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import InternalError, MeshError
-from mesh.node.log_once import WarnOnce
+from mesh.log_once import WarnOnce
 from mesh.rpc import RpcConnection
 from mesh.runtime.runtime import Runtime, RuntimeCall
 from mesh.service import Answer
