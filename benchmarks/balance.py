@@ -694,7 +694,7 @@ async def dask_cluster(nodes: int) -> AsyncIterator[tuple[Any, list[str]]]:
     async with contextlib.AsyncExitStack() as stack:
         async with asyncio.timeout(CLUSTER_TIMEOUT_S):
             cluster = await stack.enter_async_context(
-                LocalCluster(  # type: ignore[no-untyped-call]
+                LocalCluster(
                     n_workers=nodes,
                     threads_per_worker=1,
                     processes=True,
@@ -704,7 +704,7 @@ async def dask_cluster(nodes: int) -> AsyncIterator[tuple[Any, list[str]]]:
                     silence_logs=logging.ERROR,
                 )
             )
-            connection = Client(cluster, asynchronous=True)  # type: ignore[no-untyped-call]
+            connection = Client(cluster, asynchronous=True)
             client = await stack.enter_async_context(connection)
             await client.wait_for_workers(nodes)
             await client.register_plugin(_dask_plugin(), name=DASK_PLUGIN)

@@ -355,7 +355,8 @@ class Level:
             gateway_rps=self.gateway_rps,
             offloaded_share=self.offloaded_share,
         )
-        return _clean(row)
+        cleaned: dict[str, Any] = _clean(row)
+        return cleaned
 
 
 def _clean(obj: Any) -> Any:

@@ -377,7 +377,7 @@ async def serve_asyncio_echo(ready_file: Path) -> None:
 
 async def serve_grpc_echo(ready_file: Path) -> None:
     """grpc.aio: a generic unary-unary handler that returns its raw request bytes."""
-    import grpc  # type: ignore[import-untyped]
+    import grpc
 
     async def echo(request: bytes, _context: Any) -> bytes:
         return request

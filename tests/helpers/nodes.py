@@ -118,4 +118,5 @@ async def converged(nodes: Sequence[Node]) -> None:
 
 
 def counters(node: Node) -> dict[str, Any]:
-    return node._status(None, [])["counters"]  # type: ignore[arg-type]
+    counted: dict[str, Any] = node._status(None, [])["counters"]  # type: ignore[arg-type]
+    return counted

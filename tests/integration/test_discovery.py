@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -59,6 +60,9 @@ class Recorder:
 
     def seen(self, name: str) -> list[Advert]:
         return [e.advert for e in self.events if isinstance(e, PeerSeen) and e.advert.name == name]
+
+    def seen_all(self, names: Iterable[str]) -> bool:
+        return all(self.seen(name) for name in names)
 
     def gone(self, name: str) -> bool:
         return any(isinstance(e, PeerGone) and e.name == name for e in self.events)
@@ -143,7 +147,7 @@ async def test_three_nodes_see_each_other_and_see_one_leave() -> None:
 
         for me, recorder in zip(adverts, recorders, strict=True):
             others = [a for a in adverts if a is not me]
-            await recorder.wait_for(lambda r=recorder, o=others: all(r.seen(a.name) for a in o))
+            await recorder.wait_for(functools.partial(recorder.seen_all, [a.name for a in others]))
             for other in others:
                 seen = recorder.seen(other.name)[-1]
                 assert (seen.id, seen.rpc_port, seen.http_port) == (

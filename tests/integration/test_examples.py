@@ -150,7 +150,8 @@ def edgemesh_help(subcommand: str | None) -> frozenset[str]:
 
 def code_lines(markdown: str) -> list[str]:
     """The lines inside fenced code blocks, with backslash continuations joined."""
-    lines, inside = [], False
+    lines: list[str] = []
+    inside = False
     for line in markdown.splitlines():
         if line.lstrip().startswith("```"):
             inside = not inside

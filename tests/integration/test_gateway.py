@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +66,21 @@ def free_port() -> int:
     return port
 
 
-async def wait_for(condition: Any, timeout: float = 5.0) -> None:
+async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         # Polling: the conditions are other objects' state, with no event to wait on.
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+def circuit_is(client: GatewayClient, state: str) -> Callable[[], bool]:
+    """A condition for wait_for on the client's circuit.
+
+    Not a lambda written in the test: after ``assert client.state == "open"``
+    mypy would keep that narrowing inside it, though the state is exactly what
+    changes while we wait.
+    """
+    return lambda: client.state == state
 
 
 # --- a real gateway -------------------------------------------------------------------
@@ -155,7 +165,7 @@ async def test_dead_gateway_opens_the_circuit_and_the_probe_closes_it(
         await wait_for(lambda: client.breaker.probe_failures >= 2)
         assert client.status()["opened"] == 1
         async with running_gateway(gateway_config(port), runtime):
-            await wait_for(lambda: client.state == "closed")
+            await wait_for(circuit_is(client, "closed"))
             out = await client.infer("digits-small", {"X": pixels[:2]})
             assert out["label"].shape == (2,)
         assert client.status()["state"] == "closed"
@@ -324,7 +334,7 @@ async def test_server_errors_open_the_circuit_and_a_ready_probe_closes_it() -> N
         await wait_for(lambda: client.breaker.probe_failures >= 1)
         assert "health check answered HTTP 503" in str(client.status()["last_failure"])
         state["ready"] = 200
-        await wait_for(lambda: client.state == "closed")
+        await wait_for(circuit_is(client, "closed"))
 
 
 async def test_busy_answers_are_overloaded_and_never_trip_the_breaker() -> None:

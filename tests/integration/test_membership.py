@@ -145,7 +145,11 @@ async def test_nonsense_gossip_is_ignored_and_logged_once(
 
 async def test_a_node_whose_cpu_is_saturated_is_not_declared_dead() -> None:
     """Default timings; the busy node's inference threads take every core for seconds."""
-    defaults = {"gossip_interval_s": 0.2, "suspect_after_s": 0.8, "dead_after_s": 0.6}
+    defaults: dict[str, Any] = {
+        "gossip_interval_s": 0.2,
+        "suspect_after_s": 0.8,
+        "dead_after_s": 0.6,
+    }
     async with running_node(mesh_node("observer", **defaults)) as observer:
         busy_config = mesh_node("busy", peers=(f"127.0.0.1:{observer.port}",), **defaults)
         async with running_node(busy_config) as busy:
