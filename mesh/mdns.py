@@ -45,19 +45,18 @@ from mesh.core.membership.adverts import (
     instance_name,
     parse_advert,
 )
+from mesh.core.wire.addresses import Network, host_ip, network_of, on_networks
 from mesh.errors import ConfigError, ProtocolError
 from mesh.log_once import WarnOnce
 
 __all__ = [
     "DiscoveryEvent",
     "MdnsDiscovery",
-    "Network",
     "PeerGone",
     "PeerSeen",
     "check_interfaces",
     "hear_only_joined_groups",
     "interface_networks",
-    "on_networks",
 ]
 
 log = logging.getLogger(__name__)
@@ -360,19 +359,12 @@ def check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
     checked: list[str] = []
     for text in interfaces:
         try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise ConfigError(f"mDNS interface {text!r} is not an IP address") from None
-        if address.is_unspecified or address.is_multicast:
-            raise ConfigError(f"mDNS interface {text} is not a unicast address of this machine")
-        checked.append(str(address))
+            checked.append(host_ip(text))
+        except ValueError as exc:
+            raise ConfigError(f"mDNS interface {text!r} cannot be used: {exc}") from None
     if not checked:
         raise ConfigError("mDNS needs at least one interface address (or None for all)")
     return tuple(checked)
-
-
-# A subnet one of our mDNS interfaces is on.
-Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def interface_networks(interfaces: Sequence[str]) -> tuple[Network, ...]:
@@ -383,18 +375,7 @@ def interface_networks(interfaces: Sequence[str]) -> tuple[Network, ...]:
             text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
             prefixes.setdefault(text, ip.network_prefix)
     # An address the machine does not have fails later, in zeroconf; alone, it covers itself.
-    return tuple(
-        ipaddress.ip_network(
-            f"{address}/{prefixes.get(address, 128 if ':' in address else 32)}", strict=False
-        )
-        for address in interfaces
-    )
-
-
-def on_networks(networks: Sequence[Network], address: str) -> bool:
-    """Whether ``address`` lies in one of ``networks`` (so we can reach it from there)."""
-    ip = ipaddress.ip_address(address)
-    return any(ip in network for network in networks)
+    return tuple(network_of(address, prefixes.get(address)) for address in interfaces)
 
 
 def _machine_addresses() -> list[str]:

@@ -27,7 +27,7 @@ from mesh.config.settings import (
     RuntimeConfig,
     WorkConfig,
 )
-from mesh.core.wire.addresses import parse_address
+from mesh.core.wire.addresses import host_ip, parse_address
 from mesh.errors import ConfigError
 
 # --- resolving settings from file, environment and flags ----------------------
@@ -147,6 +147,16 @@ def _address_list(key: str, value: object) -> tuple[str, ...]:
     return addresses
 
 
+def _ip_list(key: str, value: object) -> tuple[str, ...]:
+    checked: list[str] = []
+    for text in _string_list(key, value):
+        try:
+            checked.append(host_ip(text))
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {text!r} cannot be used: {exc}") from None
+    return tuple(checked)
+
+
 # Every node setting: its key (TOML key, flag dest, and EDGEMESH_<KEY> upper-cased),
 # and how its value is checked.
 _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
@@ -164,7 +174,7 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "ready_file": _text,
     "peer": _address_list,
     "mdns": _flag,
-    "interface": _string_list,
+    "interface": _ip_list,
     "gossip_interval": _positive_float,
     "suspect_after": _positive_float,
     "dead_after": _positive_float,

@@ -25,14 +25,13 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from mesh.core.membership.adverts import SERVICE_TYPE, Advert, parse_advert
-from mesh.core.wire.addresses import format_address
+from mesh.core.wire.addresses import format_address, on_networks
 from mesh.errors import ConfigError, ProtocolError
 from mesh.mdns import (
     RESOLVE_TIMEOUT,
     check_interfaces,
     hear_only_joined_groups,
     interface_networks,
-    on_networks,
 )
 
 __all__ = ["browse_nodes", "node_address"]

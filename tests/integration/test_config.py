@@ -122,6 +122,12 @@ def test_membership_settings(tmp_path: Path) -> None:
         load_node_config({"gossip_interval": "0"}, {})
     with pytest.raises(ConfigError, match="at most 63 bytes"):
         load_node_config({"name": "n" * 64}, {})
+    # Checked when the settings are read, by the same rule mDNS records meet.
+    assert load_node_config({"interface": ["0:0::1"]}, {}).mesh.interfaces == ("::1",)
+    with pytest.raises(ConfigError, match="'eth0' cannot be used: not an IP address"):
+        load_node_config({"interface": ["eth0"]}, {})
+    with pytest.raises(ConfigError, match="unspecified or multicast"):
+        load_node_config({}, {"EDGEMESH_INTERFACE": "0.0.0.0"})
 
 
 def test_work_sharing_settings_from_file_environment_and_flags(tmp_path: Path) -> None:

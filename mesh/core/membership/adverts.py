@@ -31,12 +31,12 @@ rules it enforces, and why:
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from mesh.core.wire.addresses import host_ip
 from mesh.errors import ConfigError, ProtocolError
 
 __all__ = [
@@ -243,12 +243,10 @@ def _addresses(addresses: Sequence[str]) -> tuple[str, ...]:
     usable: list[str] = []
     for text in addresses:
         try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise ProtocolError(f"address {text!r} is not an IP address") from None
-        # Nobody can be reached at these; a record offering them is broken or forged.
-        if address.is_unspecified or address.is_multicast:
-            raise ProtocolError(f"address {text} cannot belong to a node")
-        if str(address) not in usable:
-            usable.append(str(address))
+            address = host_ip(text)
+        except ValueError as exc:
+            # Nobody can be reached there; a record offering it is broken or forged.
+            raise ProtocolError(f"address {text!r} cannot belong to a node: {exc}") from None
+        if address not in usable:
+            usable.append(address)
     return tuple(usable)
