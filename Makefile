@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit bench bench-balance bench-fallback models clean
+.PHONY: demo test lint typecheck unit core-minimal bench bench-balance bench-fallback models clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgemesh needs Python 3.11 or newer"'
@@ -30,6 +30,25 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The pure core's tests in a venv holding only numpy, msgpack and the test
+# tools, without edgemesh installed (mesh is imported from the checkout): it
+# proves that mesh/core and its tests need none of the node's dependencies
+# (onnxruntime, aiohttp, zeroconf), which a full venv would hide. The bounds
+# are pyproject's.
+CORE_VENV := .venv-core
+CORE_STAMP := $(CORE_VENV)/.installed-stamp
+
+$(CORE_STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgemesh needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CORE_VENV)/bin/python -m pip install --quiet 'numpy>=1.26' 'msgpack>=1.0.7' \
+		'pytest>=8.0' 'pytest-asyncio>=0.23' 'pytest-timeout>=2.2' 'hypothesis>=6.100'
+	touch $(CORE_STAMP)
+
+core-minimal: $(CORE_STAMP)
+	$(CORE_VENV)/bin/python -m pytest tests/core
+
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python benchmarks/rpc_overhead.py
@@ -50,4 +69,4 @@ models: $(STAMP)
 	$(BIN)/python models/build.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
+	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build
