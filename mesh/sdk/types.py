@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from mesh.core.models.signatures import ModelSpec, TensorSpec
 from mesh.core.wire.tensors import decode_tensors, encode_tensors
 from mesh.errors import InvalidInput, ProtocolError
 
@@ -68,26 +69,35 @@ class ModelInfo:
 
     @classmethod
     def from_wire(cls, obj: object) -> ModelInfo:
-        """Build from one entry of the ``models()`` reply."""
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"models(): expected a map per model, got {type(obj).__name__}")
+        """Build from one entry of the ``models()`` reply; ProtocolError if malformed.
+
+        Parsed by the core's :meth:`ModelSpec.from_wire`, as a peer parses it,
+        so the wire form of a model has one reader.
+        """
         try:
-            return cls(
-                name=str(obj["name"]),
-                version=str(obj["version"]),
-                sha256=str(obj["sha256"]),
-                inputs=tuple(_tensor_info(t) for t in obj["inputs"]),
-                outputs=tuple(_tensor_info(t) for t in obj["outputs"]),
-                description=str(obj.get("description", "")),
-                accuracy=obj.get("accuracy"),
-                compute_only=bool(obj.get("compute_only", False)),
-            )
-        except (KeyError, TypeError) as exc:
-            raise ProtocolError(f"models(): malformed model entry: {exc}") from None
+            spec = ModelSpec.from_wire(obj)
+        except ProtocolError as exc:
+            raise ProtocolError(f"models(): malformed model entry: {exc.message}") from None
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelInfo:
+        """The SDK's view of a core :class:`ModelSpec`: dtypes by name, -1 for any size."""
+        return cls(
+            name=spec.name,
+            version=spec.version,
+            sha256=spec.sha256,
+            inputs=tuple(_tensor_info(t) for t in spec.inputs),
+            outputs=tuple(_tensor_info(t) for t in spec.outputs),
+            description=spec.description,
+            accuracy=spec.accuracy,
+            compute_only=spec.compute_only,
+        )
 
 
-def _tensor_info(obj: Any) -> TensorInfo:
-    return TensorInfo(name=str(obj["name"]), dtype=str(obj["dtype"]), shape=tuple(obj["shape"]))
+def _tensor_info(spec: TensorSpec) -> TensorInfo:
+    shape = tuple(-1 if d is None else d for d in spec.shape)
+    return TensorInfo(name=spec.name, dtype=spec.dtype.name, shape=shape)
 
 
 def inference_from_reply(reply: object, *, node: str, request_id: str) -> Inference:

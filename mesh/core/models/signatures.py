@@ -86,7 +86,7 @@ class TensorSpec:
     def from_wire(cls, obj: object) -> TensorSpec:
         """Parse what :meth:`to_wire` produced (e.g. from a peer); ProtocolError if malformed."""
         try:
-            return _tensor_spec_from_mapping(obj, "tensor spec")
+            return _tensor_spec_from_mapping(obj, "tensor spec", strict=False)
         except ConfigError as exc:
             raise ProtocolError(exc.message) from exc
 
@@ -397,10 +397,13 @@ def _bool(table: Mapping[str, Any], key: str, where: str, default: bool) -> bool
     return value
 
 
-def _tensor_list(value: object, where: str) -> tuple[TensorSpec, ...]:
+def _tensor_list(value: object, where: str, *, strict: bool = True) -> tuple[TensorSpec, ...]:
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
         raise ConfigError(f"{where}: expected an array of tables, got {type(value).__name__}")
-    specs = tuple(_tensor_spec_from_mapping(item, f"{where}[{i}]") for i, item in enumerate(value))
+    specs = tuple(
+        _tensor_spec_from_mapping(item, f"{where}[{i}]", strict=strict)
+        for i, item in enumerate(value)
+    )
     names = [t.name for t in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -408,12 +411,16 @@ def _tensor_list(value: object, where: str) -> tuple[TensorSpec, ...]:
     return specs
 
 
-def _tensor_spec_from_mapping(obj: object, where: str) -> TensorSpec:
-    """Shared by the manifest and the wire form; raises ConfigError."""
+def _tensor_spec_from_mapping(obj: object, where: str, *, strict: bool = True) -> TensorSpec:
+    """Shared by the manifest and the wire form; raises ConfigError.
+
+    ``strict`` refuses unknown keys: in a manifest one is most likely a typo,
+    while on the wire it is a newer peer's addition, to be let through.
+    """
     if not isinstance(obj, Mapping):
         raise ConfigError(f"{where}: expected a table, got {type(obj).__name__}")
     unknown = sorted(str(k) for k in set(obj) - _TENSOR_KEYS)
-    if unknown:
+    if strict and unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {_quoted(unknown)}; allowed: 'name', 'dtype', 'shape'"
         )
@@ -459,8 +466,8 @@ def _model_spec_from_mapping(obj: object) -> ModelSpec:
         name=name,
         version=_string(obj, "version", where),
         sha256=_sha256(obj, where),
-        inputs=_tensor_list(obj["inputs"], f"{where}, key 'inputs'"),
-        outputs=_tensor_list(obj["outputs"], f"{where}, key 'outputs'"),
+        inputs=_tensor_list(obj["inputs"], f"{where}, key 'inputs'", strict=False),
+        outputs=_tensor_list(obj["outputs"], f"{where}, key 'outputs'", strict=False),
         description=_string(obj, "description", where, default=""),
         accuracy=_accuracy(obj, where),
         compute_only=_bool(obj, "compute_only", where, default=False),
