@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from mesh.core.policy.capacity import Capacity
 from mesh.core.scheduling.jobs import Job
 
-__all__ = ["EWMA_WEIGHT", "ServiceTimes", "ewma", "running_left_s", "work_s"]
+__all__ = ["EWMA_WEIGHT", "Estimates", "ewma", "remaining_s", "work_s"]
 
 # How much one new sample moves an average: 0.2 follows a device whose speed
 # changes (thermal throttling, a competing process) within a handful of calls,
@@ -26,15 +27,33 @@ def ewma(previous: float | None, sample: float, weight: float = EWMA_WEIGHT) -> 
     return sample if previous is None else previous + weight * (sample - previous)
 
 
-class ServiceTimes:
-    """Per-model service times on this node, and the estimate queues are priced with.
+class Estimates:
+    """Time and capacity on this node: per-model service times, and what its
+    queued and running work adds up to in seconds.
 
-    ``default_s`` stands in for a model nobody has measured yet.
+    It reads, and never changes, the queue counts, the running jobs and the
+    peers' gossiped service times, through the views it is given.
     """
 
-    def __init__(self, default_s: float) -> None:
-        self.default_s = default_s
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, str],
+        slots: int,
+        default_s: float,
+        queued: Callable[[], Mapping[str, int]],
+        running: Callable[[], Iterable[Job[Any]]],
+        gossiped: Callable[[], Iterable[Mapping[str, float]]],
+    ) -> None:
+        self.models = models  # what runs here: name → sha256
+        self.slots = slots
+        self.default_s = default_s  # for a model nobody has measured yet
+        self._queued = queued  # jobs queued per model
+        self._running = running
+        self._gossiped = gossiped  # each peer's service times
         self._measured: dict[str, float] = {}
+
+    # --- service times ------------------------------------------------------------
 
     def observe(self, model: str, took_s: float) -> None:
         """A measured service time for ``model`` here."""
@@ -48,29 +67,62 @@ class ServiceTimes:
         """Every measured service time (a copy, for gossip)."""
         return dict(self._measured)
 
-    def estimate(self, model: str, gossiped: Iterable[Mapping[str, float]]) -> float:
-        """Service time of ``model`` for queue estimates: measured here, else
-        the first of ``gossiped`` (peers' figures) that knows it, else the default."""
+    def estimate(self, model: str) -> float:
+        """Service time of ``model`` for queue estimates: measured here, else as
+        the first peer that knows it gossiped, else the default."""
         measured = self._measured.get(model)
         if measured is not None:
             return measured
-        for theirs in gossiped:
+        for theirs in self._gossiped():
             service = theirs.get(model)
             if service is not None:
                 return service
         return self.default_s
 
-    def runs_here_s(self, model: str, models: Mapping[str, str]) -> float | None:
-        """Our service time for ``model``, or the default; None when it is not in ``models``."""
-        if model not in models:
+    def runs_here_s(self, model: str) -> float | None:
+        """Our service time for ``model``, or the default; None when it cannot run here."""
+        if model not in self.models:
             return None
         return self._measured.get(model, self.default_s)
 
-    def for_thief(
-        self, theirs: Mapping[str, float], model: str, estimate: Callable[[str], float]
-    ) -> float:
-        """A thief's service time for ``model``: its word, else ours, else the estimate."""
-        return theirs.get(model) or self._measured.get(model) or estimate(model)
+    def for_thief(self, theirs: Mapping[str, float], model: str) -> float:
+        """A thief's service time for ``model``: its word (``theirs``), else ours,
+        else the estimate."""
+        return theirs.get(model) or self._measured.get(model) or self.estimate(model)
+
+    def cheapest_s(self) -> float:
+        """The service time of the quickest model here: what one job costs at least."""
+        return min((self.estimate(m) for m in self.models), default=self.default_s)
+
+    # --- work in seconds ----------------------------------------------------------
+
+    def queued_s(self) -> float:
+        """Queued (not running) work in seconds per slot."""
+        return work_s(self._queued(), self.estimate) / self.slots
+
+    def running_left_s(self, now: float) -> float:
+        """What the running jobs still need, all slots together."""
+        return remaining_s(self._running(), self.estimate, now)
+
+    def wait_s(self, now: float) -> float:
+        """Time until a job queued now could start here."""
+        return self.queued_s() + self.running_left_s(now) / self.slots
+
+    def finish_s(self, now: float) -> float:
+        """When the newest runnable job queued here would finish."""
+        runnable = {m: n for m, n in self._queued().items() if m in self.models}
+        return (self.running_left_s(now) + work_s(runnable, self.estimate)) / self.slots
+
+    def capacity(self, name: str, model: str, now: float) -> Capacity:
+        """This node, called ``name``, as a holder of ``model`` for the fallback decision."""
+        # Queued work for other models also stands before ours here.
+        others = {m: n for m, n in self._queued().items() if m != model}
+        return Capacity(
+            name=name,
+            free_in_s=(self.running_left_s(now) + work_s(others, self.estimate)) / self.slots,
+            slots=self.slots,
+            service_s=self.estimate(model),
+        )
 
 
 def work_s(counts: Mapping[str, int], estimate: Callable[[str], float]) -> float:
@@ -78,9 +130,7 @@ def work_s(counts: Mapping[str, int], estimate: Callable[[str], float]) -> float
     return sum(n * estimate(model) for model, n in counts.items() if n)
 
 
-def running_left_s(
-    running: Iterable[Job[Any]], estimate: Callable[[str], float], now: float
-) -> float:
+def remaining_s(running: Iterable[Job[Any]], estimate: Callable[[str], float], now: float) -> float:
     """Seconds the ``running`` jobs still need, summed over slots, by their estimates."""
     left = 0.0
     for job in running:

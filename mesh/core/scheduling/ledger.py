@@ -17,7 +17,7 @@ nothing about where work goes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
 from mesh.core.scheduling.jobs import Job, JobKey, JobState, SchedulerConfig
@@ -40,8 +40,10 @@ class Owned(Generic[P]):
 class Ledger(Generic[P]):
     """Requests this node owns, by seq, and others' jobs it holds, by key."""
 
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, name: str) -> None:
         self.node_id = node_id
+        self.name = name
+        self._seq = 0  # the last seq given out
         self._owned: dict[int, Owned[P]] = {}
         self._held: dict[JobKey, Job[P]] = {}
 
@@ -58,13 +60,33 @@ class Ledger(Generic[P]):
         """Whether ``key`` names a request this node owns (or owned)."""
         return key[0] == self.node_id
 
-    def own(self, job: Job[P]) -> None:
-        """Take ownership of ``job``, a new request queued here."""
-        self._owned[job.key[1]] = Owned(job)
-
-    def records(self) -> list[Owned[P]]:
-        """Every owned request's record (a copy of the list: callers may answer)."""
-        return list(self._owned.values())
+    def open(
+        self,
+        *,
+        model: str,
+        sha256: str | None,
+        payload: P,
+        size_bytes: int,
+        deadline: float | None,
+        request_id: str | None,
+        now: float,
+    ) -> Job[P]:
+        """Take ownership of a new request: its job, under the next seq, at epoch 0."""
+        self._seq += 1
+        job: Job[P] = Job(
+            key=(self.node_id, self._seq),
+            owner=self.name,
+            model=model,
+            sha256=sha256,
+            epoch=0,
+            payload=payload,
+            size_bytes=size_bytes,
+            deadline=deadline,
+            request_id=request_id,
+            enqueued_at=now,
+        )
+        self._owned[self._seq] = Owned(job)
+        return job
 
     def current(self, seq: int, epoch: int) -> Owned[P] | None:
         """The record of ``seq`` if it is still unanswered and at ``epoch``."""
@@ -80,6 +102,31 @@ class Ledger(Generic[P]):
         """Forget ``seq``: it is answered (or its client left). Its record, if any."""
         return self._owned.pop(seq, None)
 
+    def settle(self, seq: int, epoch: int, *, away: bool = False) -> bool:
+        """Answer ``seq`` if it is at ``epoch`` (and, with ``away``, held by a
+        peer); False when this copy is stale: answered, given up or taken back."""
+        owned = self.away(seq, epoch) if away else self.current(seq, epoch)
+        if owned is not None:
+            del self._owned[seq]
+        return owned is not None
+
+    def held_by(self, holder: str) -> list[Owned[P]]:
+        """The records of requests ``holder`` holds for us."""
+        return [owned for owned in self._owned.values() if owned.holder == holder]
+
+    def pass_on(self, job: Job[P], thief: str, lease_until: float) -> bool:
+        """A thief took queued ``job`` from us: True when it is ours (now held by
+        ``thief`` until ``lease_until``); False when it was another owner's
+        (released here: that owner must be told who holds it now)."""
+        if not self.is_ours(job.key):
+            self._held.pop(job.key, None)
+            return False
+        # Queued here, it is its record's current job.
+        owned = self.current(job.key[1], job.epoch)
+        if owned is not None:
+            self.hand_to(owned, thief, lease_until)
+        return True
+
     def hand_to(self, owned: Owned[P], holder: str, lease_until: float) -> None:
         """``holder`` now holds the request, until ``lease_until`` at the latest."""
         owned.holder = holder
@@ -88,17 +135,15 @@ class Ledger(Generic[P]):
     def take_back(self, owned: Owned[P]) -> Job[P]:
         """Its holder failed us: a fresh job for it here under ``epoch + 1``."""
         old = owned.job
-        job: Job[P] = Job(
-            key=old.key,
-            owner=old.owner,
-            model=old.model,
-            sha256=old.sha256,
+        # A new job, not the old one changed: a copy of the old one may still
+        # be in flight. It keeps ``enqueued_at``, and so its place: it is old work.
+        job = replace(
+            old,
             epoch=old.epoch + 1,
-            payload=old.payload,
-            size_bytes=old.size_bytes,
-            deadline=old.deadline,
-            request_id=old.request_id,
-            enqueued_at=old.enqueued_at,  # it keeps its place: it is old work
+            moves=0,
+            started_at=None,
+            crowded=False,
+            state=JobState.QUEUED,
         )
         self._home(owned, job)
         return job
@@ -153,13 +198,18 @@ class Ledger(Generic[P]):
         """Keep another owner's ``job``, taken from a peer."""
         self._held[job.key] = job
 
-    def held(self, key: JobKey) -> Job[P] | None:
-        """Another owner's job held here under ``key``."""
-        return self._held.get(key)
-
     def release(self, key: JobKey) -> Job[P] | None:
         """Stop holding ``key`` (run, granted on, cancelled); the job, if held."""
         return self._held.pop(key, None)
+
+    def expire_held(self, key: JobKey, epoch: int) -> Job[P] | None:
+        """Release and return the held job ``key`` if it is still queued at ``epoch``
+        (a running one finishes; its owner answers the client itself)."""
+        job = self._held.get(key)
+        if job is None or job.epoch != epoch or job.state is not JobState.QUEUED:
+            return None
+        del self._held[key]
+        return job
 
     def orphans(self, owner: str) -> list[Job[P]]:
         """Release and return every job held for ``owner`` (which died)."""

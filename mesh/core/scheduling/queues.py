@@ -1,4 +1,4 @@
-"""The jobs waiting on one node: a queue per model, oldest first.
+"""The jobs on one node: a queue per model, oldest first, and those running.
 
 A job leaves a queue in three ways: it starts (from the front), it is granted
 to a thief (from the back), or it expires or is cancelled (from anywhere).
@@ -6,16 +6,19 @@ Removing from the middle of a deque is O(n), so a job that leaves other than
 by starting is only marked :attr:`JobState.GONE` and stays where it is until
 it reaches the front, where :meth:`Queues.next_runnable` drops it. The counts
 are kept exact all along, so "how much is queued" never walks a queue.
+
+A job that starts moves to the running set, where it stays until its run
+ends or is aborted.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
-from collections.abc import Container, Iterator
+from collections.abc import Collection, Container, Iterator
 from typing import Generic, TypeVar
 
-from mesh.core.scheduling.jobs import Job, JobState
+from mesh.core.scheduling.jobs import Job, JobKey, JobState
 from mesh.errors import InternalError
 
 P = TypeVar("P")
@@ -24,11 +27,18 @@ __all__ = ["Queues"]
 
 
 class Queues(Generic[P]):
-    """Per-model FIFO queues with lazy deletion and exact per-model counts."""
+    """Per-model FIFO queues with lazy deletion and exact per-model counts,
+    and the set of jobs running here."""
 
     def __init__(self) -> None:
         self._queues: dict[str, deque[Job[P]]] = {}
         self._count: Counter[str] = Counter()
+        self._running: dict[JobKey, Job[P]] = {}
+
+    @property
+    def running(self) -> Collection[Job[P]]:
+        """The jobs running here."""
+        return self._running.values()
 
     def push(self, job: Job[P], *, front: bool = False) -> None:
         """Queue ``job``; at the ``front`` when it is old work coming back."""
@@ -46,14 +56,36 @@ class Queues(Generic[P]):
             self._count[job.model] -= 1
             job.state = JobState.GONE
 
-    def start(self, job: Job[P]) -> None:
-        """Take ``job``, the front of its queue (see :meth:`next_runnable`), to run."""
+    def start(self, job: Job[P], now: float, slots: int) -> None:
+        """Run ``job``, the front of its queue (see :meth:`next_runnable`), from ``now``."""
         queue = self._queues[job.model]
         if not queue or queue[0] is not job:
             raise InternalError(f"job {job.key} is not at the front of its queue")
         queue.popleft()
         self._count[job.model] -= 1
         job.state = JobState.RUNNING
+        job.started_at = now
+        # Beyond the slots it waits inside the runtime: its time from start
+        # to end is not its service time.
+        job.crowded = len(self._running) >= slots
+        self._running[job.key] = job
+
+    def finish(self, job: Job[P]) -> bool:
+        """``job``'s run ended; False when it was no longer running (aborted)."""
+        if self._running.pop(job.key, None) is None:
+            return False
+        job.state = JobState.GONE
+        return True
+
+    def stop(self, job: Job[P]) -> bool:
+        """Nobody wants ``job`` any more: out of its queue, or out of the running
+        set; True when it was running (then the runtime must abort it)."""
+        if job.state is JobState.RUNNING:
+            self._running.pop(job.key, None)
+            job.state = JobState.GONE
+            return True
+        self.leave(job)
+        return False
 
     def next_runnable(self, models: Container[str]) -> Job[P] | None:
         """The oldest queued job of any of ``models``, left in place."""

@@ -7,26 +7,13 @@ passes) and answers each with a list of actions for the node to carry out
 :class:`Nudge`, :class:`Handoff`, :class:`Cancel`, :class:`Abort`). It never
 does I/O and never reads a clock: ``now`` comes in with every event.
 
-It is the facade over five parts, each with its own state and rules:
-
-* :mod:`~mesh.core.scheduling.ledger` -- **ownership.** The node a request
-  enters owns it: ``{seq: holder, epoch, lease}``. The owner answers exactly
-  once. A holder that dies, or whose lease runs out, makes the owner take the
-  request back with ``epoch + 1``; a result that carries an older epoch is
-  dropped. Execution is at least once, delivery exactly once.
-* :mod:`~mesh.core.scheduling.queues` -- a queue per model, oldest first,
-  where a job that leaves early is only marked gone.
-* :mod:`~mesh.core.scheduling.stealing` -- **stealing is pull**, by power of
-  two choices on the thief's side and a speed-weighted share with hysteresis
-  on the victim's; **nudges** bring idle peers within one round trip.
-* :mod:`~mesh.core.scheduling.estimates` -- **load is time**: per-model
-  service-time averages (measured here, gossiped by peers) turn queues into
-  seconds, so a slow device gets less.
-* :mod:`~mesh.core.scheduling.timers` -- **deadlines, leases, back-offs.**
-  A request past its deadline, or whose client left, is dropped from every
-  queue without running.
-
-What stays here is the order of things: which part is told what, and when.
+It composes five parts, each with its own state and its rules in its
+docstring: the owner's :mod:`.ledger` (ownership, epochs, leases: delivery
+exactly once), the per-model :mod:`.queues`, the :mod:`.stealing` policy
+(power of two choices, speed-weighted shares, hysteresis, nudges), the
+:mod:`.estimates` that make load time rather than queue length, and the
+:mod:`.timers` for deadlines, leases and back-offs. What stays here is the
+order of things: which part hears of an event, and what follows from it.
 """
 
 from __future__ import annotations
@@ -37,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from mesh.core.policy.capacity import Capacity, Placement, place
-from mesh.core.scheduling.estimates import ServiceTimes, running_left_s, work_s
+from mesh.core.scheduling.estimates import Estimates
 from mesh.core.scheduling.jobs import (
     Abort,
     Action,
@@ -57,15 +44,7 @@ from mesh.core.scheduling.jobs import (
 )
 from mesh.core.scheduling.ledger import Ledger, Owned, lease_s, missed_deadline
 from mesh.core.scheduling.queues import Queues
-from mesh.core.scheduling.stealing import (
-    Here,
-    Peers,
-    PeerState,
-    choose_grant,
-    movable,
-    share,
-    worth_moving_to,
-)
+from mesh.core.scheduling.stealing import Peers, movable, select_grant
 from mesh.core.scheduling.timers import Timer, TimerKind, Timers
 from mesh.errors import ModelNotFound
 
@@ -90,12 +69,17 @@ class Scheduler(Generic[P]):
         self.name = name
         self.config = config
         self._models = dict(models)  # what runs here: name → sha256
-        self._seq = 0
-        self._ledger: Ledger[P] = Ledger(node_id)
+        self._ledger: Ledger[P] = Ledger(node_id, name)
         self._queues: Queues[P] = Queues()
-        self._running: dict[JobKey, Job[P]] = {}
-        self._times = ServiceTimes(config.default_service_s)
         self._peers = Peers(config, rng or random.Random())
+        self._estimates = Estimates(
+            models=self._models,
+            slots=config.slots,
+            default_s=config.default_service_s,
+            queued=self._queues.counts,
+            running=lambda: self._queues.running,
+            gossiped=self._peers.gossiped_service,
+        )
         self._timers = Timers(self._timer_live)
         self.counters: Counter[str] = Counter()
 
@@ -108,15 +92,15 @@ class Scheduler(Generic[P]):
 
     def service_s(self, model: str) -> float | None:
         """This node's measured service time for ``model``; None before a run."""
-        return self._times.here(model)
+        return self._estimates.here(model)
 
     def observe_service(self, model: str, took_s: float) -> None:
         """A measured service time for ``model`` here (a warm-up call, say)."""
-        self._times.observe(model, took_s)
+        self._estimates.observe(model, took_s)
 
     def measured(self) -> dict[str, float]:
         """Every measured service time, for gossip."""
-        return self._times.measured()
+        return self._estimates.measured()
 
     def owned(self) -> int:
         """Requests this node must still answer."""
@@ -128,19 +112,19 @@ class Scheduler(Generic[P]):
 
     def running(self) -> int:
         """Jobs running here."""
-        return len(self._running)
+        return len(self._queues.running)
 
     def free_slots(self) -> int:
         """Slots with nothing running in them."""
-        return max(0, self.config.slots - len(self._running))
+        return max(0, self.config.slots - len(self._queues.running))
 
     def queued_s(self) -> float:
         """Queued (not running) work in seconds per slot: a newcomer's wait."""
-        return work_s(self._queues.counts(), self._estimate) / self.config.slots
+        return self._estimates.queued_s()
 
     def wait_s(self, now: float) -> float:
         """Time until a job queued now could start here."""
-        return self.queued_s() + self._running_left_s(now) / self.config.slots
+        return self._estimates.wait_s(now)
 
     def holders(self, model: str) -> list[str]:
         """Peers that run ``model``, as gossip last said."""
@@ -185,19 +169,9 @@ class Scheduler(Generic[P]):
         sha = self._models.get(model)
         holders: list[Capacity] = []
         if sha is not None:
-            # Queued work for other models also stands before ours here.
-            others = {m: n for m, n in self._queues.counts().items() if m != model}
-            holders.append(
-                Capacity(
-                    name=self.name,
-                    free_in_s=(self._running_left_s(now) + work_s(others, self._estimate))
-                    / self.config.slots,
-                    slots=self.config.slots,
-                    service_s=self._estimate(model),
-                )
-            )
+            holders.append(self._estimates.capacity(self.name, model, now))
         if self.config.steal:
-            holders += self._peers.capacities(model, sha, now, self._estimate)
+            holders += self._peers.capacities(model, sha, now, self._estimates.estimate)
         return place(
             model=model,
             remaining_s=None if deadline is None else deadline - now,
@@ -226,23 +200,18 @@ class Scheduler(Generic[P]):
         sha = self._models.get(model)
         if sha is None and not (self.config.steal and self.holders(model)):
             raise ModelNotFound(self._not_found(model))
-        self._seq += 1
-        job: Job[P] = Job(
-            key=(self.node_id, self._seq),
-            owner=self.name,
+        job = self._ledger.open(
             model=model,
             sha256=sha,
-            epoch=0,
             payload=payload,
             size_bytes=size_bytes,
             deadline=deadline,
             request_id=request_id,
-            enqueued_at=now,
+            now=now,
         )
-        self._ledger.own(job)
         self.counters["requests"] += 1
         self._queue(job)
-        return self._seq, self._after_change(now)
+        return job.key[1], self._after_change(now)
 
     def cancel(self, seq: int, now: float) -> list[Action]:
         """The client of ``seq`` went away: forget it everywhere, answer nothing."""
@@ -252,7 +221,7 @@ class Scheduler(Generic[P]):
         self.counters["cancelled"] += 1
         return self._drop_everywhere(owned) + self._after_change(now)
 
-    # --- local runs -------------------------------------------------------------
+    # --- answers: from a local run, or a thief -------------------------------------
 
     def finished(self, job: Job[P], *, took_s: float | None, now: float) -> list[Action]:
         """A local run of ``job`` ended (its outcome is the node's to keep).
@@ -260,18 +229,16 @@ class Scheduler(Generic[P]):
         ``took_s`` is its service time, or None when it failed or was aborted
         (a failure says nothing about speed).
         """
-        if self._running.pop(job.key, None) is None:
+        if not self._queues.finish(job):
             return self._after_change(now)  # aborted earlier: already accounted
         self._ledger.release(job.key)
-        job.state = JobState.GONE
         if took_s is not None and not job.crowded:
             self.observe_service(job.model, took_s)
         actions: list[Action] = []
         if self._ledger.is_ours(job.key):
             # The current epoch answers, run from our queue or stolen back
             # from a peer (its holder is then a peer, or us after a handoff).
-            if self._ledger.current(job.key[1], job.epoch) is not None:
-                self._ledger.answer(job.key[1])
+            if self._ledger.settle(job.key[1], job.epoch):
                 self.counters["served_local"] += 1
                 actions.append(Reply(job.key[1]))
             else:
@@ -281,16 +248,13 @@ class Scheduler(Generic[P]):
             actions.append(SendResult(job))
         return actions + self._after_change(now)
 
-    # --- results from thieves -------------------------------------------------
-
     def result(self, seq: int, epoch: int, now: float) -> list[Action]:
         """A peer ran our request ``seq``; Reply if it is the current epoch."""
-        if self._ledger.away(seq, epoch) is None:
+        if not self._ledger.settle(seq, epoch, away=True):
             # Answered already, given up on, or taken back: exactly once means
             # this copy goes nowhere.
             self.counters["late_dropped"] += 1
             return []
-        self._ledger.answer(seq)
         self.counters["served_remote"] += 1
         return [Reply(seq)]
 
@@ -298,7 +262,8 @@ class Scheduler(Generic[P]):
         """A holder passed our request on to ``holder``."""
         owned = self._ledger.away(seq, epoch)
         if owned is not None:
-            self._hand_to(owned, holder, lease_s, now)
+            self._ledger.hand_to(owned, holder, now + lease_s)
+            self._timers.add(now + lease_s, TimerKind.LEASE, owned.job.key, epoch)
 
     # --- peers ------------------------------------------------------------------
 
@@ -310,17 +275,13 @@ class Scheduler(Generic[P]):
     def peer_lost(self, name: str, now: float) -> list[Action]:
         """``name`` died or restarted: take back what it held, drop what it owned."""
         self._peers.lost(name)
-        for owned in self._ledger.records():
-            if owned.holder == name:
-                self._take_back(owned)
+        for owned in self._ledger.held_by(name):
+            self._take_back(owned)
         actions: list[Action] = []
         for job in self._ledger.orphans(name):
             # Nobody is left to answer; the client retries on another node.
             self.counters["orphaned"] += 1
-            if job.state is JobState.RUNNING:
-                self._running.pop(job.key, None)
-                actions.append(Abort(job))
-            self._queues.leave(job)
+            actions += self._stop(job)
         return actions + self._fail_unholdable() + self._after_change(now)
 
     def nudged(self, by: str, now: float) -> list[Action]:
@@ -381,28 +342,24 @@ class Scheduler(Generic[P]):
         ]
         if not candidates:
             return [], []
-        here = self._here(now)
-        limit = min(share(ask, candidates, here, self._peers.items()), self.config.max_grant_jobs)
-        granted = choose_grant(ask, candidates, limit, here, self.config)
+        granted = select_grant(
+            ask, candidates, self._estimates, self._peers.items(), self.config, now
+        )
         actions: list[Action] = []
         for job, thief_finish in granted:
             self._queues.leave(job)
             job.moves += 1
             lease = lease_s(self.config, thief_finish)
-            if self._ledger.is_ours(job.key):
-                # Queued here, it is its record's current job.
-                owned = self._ledger.current(job.key[1], job.epoch)
-                if owned is not None:
-                    self._hand_to(owned, ask.thief, lease, now)
+            if self._ledger.pass_on(job, ask.thief, now + lease):
+                self._timers.add(now + lease, TimerKind.LEASE, job.key, job.epoch)
             else:
-                self._ledger.release(job.key)
                 actions.append(
                     Handoff(job.owner, job.key[0], job.key[1], job.epoch, ask.thief, lease)
                 )
         jobs = [job for job, _ in granted]
         if jobs:
             self.counters["stolen_out"] += len(jobs)
-            self._peers.note_thief(ask, jobs, here, now)
+            self._peers.note_thief(ask, jobs, self._estimates, now)
         return jobs, actions + self._after_change(now)
 
     def cancel_foreign(self, key: JobKey, now: float) -> list[Action]:
@@ -440,7 +397,7 @@ class Scheduler(Generic[P]):
             # go from one call to the next without a round trip through the
             # event loop (a small model runs in tens of microseconds).
             limit = max(limit, self.config.solo_depth)
-        while len(self._running) < limit:
+        while len(self._queues.running) < limit:
             job = self._queues.next_runnable(self._models)
             if job is None:
                 break
@@ -449,19 +406,14 @@ class Scheduler(Generic[P]):
                 actions += self._expire(job.key, job.epoch, now)
                 if job.state is not JobState.QUEUED:
                     continue
-            self._queues.start(job)
-            job.started_at = now
-            # Beyond the slots it waits inside the runtime: its time from
-            # start to end is not its service time.
-            job.crowded = len(self._running) >= self.config.slots
-            self._running[job.key] = job
+            self._queues.start(job, now, self.config.slots)
             actions.append(RunLocal(job))
         if not self.config.steal:
             return actions
         if self._hungry():
-            steal = self._pick_victim(now)
-            if steal is not None:
-                actions.append(steal)
+            victim = self._peers.pick_victim(self.wait_s(now), self._estimates.cheapest_s(), now)
+            if victim is not None:
+                actions.append(self._steal_from(victim, now))
         if self.queued():
             # What is still queued waits for a slot here, or cannot run here
             # at all: idle peers that hold the model should come for it.
@@ -471,88 +423,32 @@ class Scheduler(Generic[P]):
     def _hungry(self) -> bool:
         return (
             self.config.steal
-            and len(self._running) < self.config.slots
+            and len(self._queues.running) < self.config.slots
             and not self._queues.total(self._models)
             and bool(self._models)
         )
 
-    def _pick_victim(self, now: float) -> Steal | None:
-        service = min(
-            (self._estimate(m) for m in self._models), default=self.config.default_service_s
-        )
-        victim = self._peers.pick_victim(self.wait_s(now), service, now)
-        return None if victim is None else self._steal_from(victim, now)
-
     def _steal_from(self, victim: str, now: float) -> Steal:
-        rtt_s, bandwidth_bps = self._peers.start_steal(victim)
         self.counters["steal_requests"] += 1
-        return Steal(
-            victim,
-            StealAsk(
-                thief=self.name,
-                models=self._models,
-                slots=self.config.slots,
-                free_slots=self.free_slots(),
-                wait_s=self.wait_s(now),
-                service_s=self.measured(),
-                rtt_s=rtt_s,
-                bandwidth_bps=bandwidth_bps,
-            ),
-        )
+        return self._peers.steal(victim, self.name, self.load_summary(now))
 
     def _nudges(self, now: float) -> list[Action]:
         """Nudge idle peers that could finish what we have queued sooner."""
-        here: list[Here] = []  # built for the first peer that gets this far, if any
-
-        def worth(peer: PeerState, wait: float) -> bool:
-            if not here:
-                here.append(self._here(now))
-            return worth_moving_to(peer, wait, self._queues.newest_first(), here[0], self.config)
-
-        names = self._peers.to_nudge(self._queues.counts().keys(), worth, now)
+        waiting = self._queues.counts().keys()
+        names = self._peers.to_nudge(waiting, self._queues.newest_first, self._estimates, now)
         self.counters["nudges_sent"] += len(names)
         return [Nudge(name) for name in names]
 
-    def _here(self, now: float) -> Here:
-        """This node's figures now, for the victim-side rules."""
-        return Here(
-            models=self._models,
-            slots=self.config.slots,
-            times=self._times,
-            estimate=self._estimate,
-            running_left_s=self._running_left_s(now),
-            finish_s=self._local_finish_s(now),
-        )
-
-    def _estimate(self, model: str) -> float:
-        """Service time of ``model`` for queue estimates, here or, unheld, at peers."""
-        return self._times.estimate(model, self._peers.gossiped_service())
-
-    def _local_finish_s(self, now: float) -> float:
-        """When the newest runnable job queued here would finish."""
-        runnable = {m: n for m, n in self._queues.counts().items() if m in self._models}
-        return (self._running_left_s(now) + work_s(runnable, self._estimate)) / self.config.slots
-
-    def _running_left_s(self, now: float) -> float:
-        return running_left_s(self._running.values(), self._estimate, now)
-
-    def _queue(self, job: Job[P]) -> None:
-        """Queue a job new here, with a timer for its deadline."""
+    def _queue(self, job: Job[P], *, front: bool = False) -> None:
+        """Queue a job new here (at this epoch), with a timer for its deadline."""
         if job.deadline is not None:
             self._timers.add(job.deadline, TimerKind.DEADLINE, job.key, job.epoch)
-        self._queues.push(job)
-
-    def _hand_to(self, owned: Owned[P], holder: str, lease_s: float, now: float) -> None:
-        self._ledger.hand_to(owned, holder, now + lease_s)
-        self._timers.add(now + lease_s, TimerKind.LEASE, owned.job.key, owned.job.epoch)
+        self._queues.push(job, front=front)
 
     def _take_back(self, owned: Owned[P]) -> None:
         """Requeue an owned request here under a new epoch (its holder failed us)."""
-        job = self._ledger.take_back(owned)
         self.counters["requeued"] += 1
-        if job.deadline is not None:
-            self._timers.add(job.deadline, TimerKind.DEADLINE, job.key, job.epoch)
-        self._queues.push(job, front=True)
+        self._queue(self._ledger.take_back(owned), front=True)  # old work goes first
 
     def _expire(self, key: JobKey, epoch: int, now: float) -> list[Action]:
         if self._ledger.is_ours(key):
@@ -562,12 +458,10 @@ class Scheduler(Generic[P]):
             self.counters["expired"] += 1
             error = missed_deadline(key[1], owned)
             return [*self._drop_everywhere(owned), Reply(key[1], error)]
-        job = self._ledger.held(key)
-        if job is None or job.epoch != epoch or job.state is not JobState.QUEUED:
-            return []  # running ones finish; the owner answers the client itself
-        self._ledger.release(key)
-        self._queues.leave(job)
-        self.counters["expired"] += 1
+        job = self._ledger.expire_held(key, epoch)
+        if job is not None:
+            self._queues.leave(job)
+            self.counters["expired"] += 1
         return []
 
     def _drop_everywhere(self, owned: Owned[P]) -> list[Action]:
@@ -577,12 +471,7 @@ class Scheduler(Generic[P]):
 
     def _stop(self, job: Job[P]) -> list[Action]:
         """Take ``job`` out of its queue, or abort it if it is running."""
-        if job.state is JobState.RUNNING:
-            self._running.pop(job.key, None)
-            job.state = JobState.GONE
-            return [Abort(job)]
-        self._queues.leave(job)
-        return []
+        return [Abort(job)] if self._queues.stop(job) else []
 
     def _fail_unholdable(self) -> list[Action]:
         """Answer owned requests no live node can run any more."""

@@ -10,8 +10,8 @@ thief's speed-weighted share of the queue (:func:`share`). A node holding
 work that idle peers could finish sooner nudges them (:meth:`Peers.to_nudge`),
 so that they steal within one round trip instead of one gossip period.
 
-:class:`Peers` is what this node knows of each peer; :class:`Here` is what
-the victim-side rules need to know of this node, taken at one instant.
+:class:`Peers` is what this node knows of each peer; what it knows of
+itself comes in as :class:`~mesh.core.scheduling.estimates.Estimates`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from mesh.core.policy.capacity import Capacity, water_level
-from mesh.core.scheduling.estimates import ServiceTimes, ewma
-from mesh.core.scheduling.jobs import Job, PeerLoad, SchedulerConfig, StealAsk
+from mesh.core.scheduling.estimates import Estimates, ewma
+from mesh.core.scheduling.jobs import Job, PeerLoad, SchedulerConfig, Steal, StealAsk
 
 P = TypeVar("P")
 
 __all__ = [
-    "Here",
     "PeerState",
     "Peers",
     "choose_grant",
@@ -37,6 +36,7 @@ __all__ = [
     "movable",
     "observe_link",
     "rtt_s",
+    "select_grant",
     "share",
     "worth_moving_to",
 ]
@@ -66,26 +66,6 @@ class PeerState:
     stole_from_us: int = 0
     we_stole: int = 0
     last_steal_at: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Here:
-    """This node's figures at one instant, as the victim-side rules need them."""
-
-    models: Mapping[str, str]  # what runs here: name → sha256
-    slots: int
-    times: ServiceTimes
-    estimate: Callable[[str], float]  # service time for queue estimates
-    running_left_s: float  # work left in running jobs, all slots together
-    finish_s: float  # when the newest runnable job queued here would finish
-
-    def runs_here_s(self, model: str) -> float | None:
-        """Our service time for ``model``; None when it cannot run here."""
-        return self.times.runs_here_s(model, self.models)
-
-    def thief_s(self, ask: StealAsk, model: str) -> float:
-        """The thief's service time for ``model``: its own word, else ours, else a default."""
-        return self.times.for_thief(ask.service_s, model, self.estimate)
 
 
 def margin_s(config: SchedulerConfig, service_s: float) -> float:
@@ -250,16 +230,24 @@ class Peers:
         first, second = self._rng.sample(candidates, 2)
         return max(first, second, key=lambda n: self._peers[n].load.queued_s)
 
-    def start_steal(self, victim: str) -> tuple[float, float]:
-        """We ask ``victim`` for work: our link to it (rtt, bandwidth), for the ask."""
+    def steal(self, victim: str, thief: str, load: PeerLoad) -> Steal:
+        """We, ``thief``, ask ``victim`` for work: the message, telling it our
+        ``load`` and what we know of the link between us."""
         self.stealing_from = victim
         peer = self._peers.get(victim)
         rtt = peer.rtt_s if peer is not None else None
         bandwidth = peer.bandwidth_bps if peer is not None else None
-        return (
-            rtt if rtt is not None else self.config.default_rtt_s,
-            bandwidth or self.config.default_bandwidth_bps,
+        ask = StealAsk(
+            thief=thief,
+            models=load.models,
+            slots=load.slots,
+            free_slots=load.free_slots,
+            wait_s=load.queued_s,
+            service_s=load.service_s,
+            rtt_s=rtt if rtt is not None else self.config.default_rtt_s,
+            bandwidth_bps=bandwidth or self.config.default_bandwidth_bps,
         )
+        return Steal(victim, ask)
 
     def answered(
         self,
@@ -296,14 +284,14 @@ class Peers:
 
     # --- the victim's side --------------------------------------------------------
 
-    def note_thief(self, ask: StealAsk, jobs: list[Job[P]], here: Here, now: float) -> None:
+    def note_thief(self, ask: StealAsk, jobs: list[Job[P]], here: Estimates, now: float) -> None:
         """Count the thief as busy with what it took, until it should be done."""
         peer = self._peers.get(ask.thief)
         if peer is None:
             return
         peer.stole_from_us += len(jobs)
         peer.last_steal_at = now
-        work = sum(here.thief_s(ask, j.model) for j in jobs) / max(1, ask.slots)
+        work = sum(here.for_thief(ask.service_s, j.model) for j in jobs) / max(1, ask.slots)
         wait = ask.wait_s + ask.rtt_s + work
         peer.busy_until = now + wait
         peer.overridden = True
@@ -316,10 +304,15 @@ class Peers:
         )
 
     def to_nudge(
-        self, waiting: Collection[str], worth: Callable[[PeerState, float], bool], now: float
+        self,
+        waiting: Collection[str],
+        newest_first: Callable[[], Iterable[Job[P]]],
+        here: Estimates,
+        now: float,
     ) -> list[str]:
-        """Idle peers, not nudged lately, that run a model in ``waiting`` and for
-        which ``worth(peer, its wait)`` holds; each is marked nudged ``now``."""
+        """Idle peers, not nudged lately, that run a model in ``waiting`` (jobs
+        queued here) and would finish one sooner than we would; each is marked
+        nudged ``now``."""
         names = []
         for name, peer in self._peers.items():
             if now - peer.last_nudged < self.config.nudge_interval_s:
@@ -329,7 +322,7 @@ class Peers:
                 continue
             if not any(m in peer.load.models for m in waiting):
                 continue
-            if not worth(peer, wait):
+            if not worth_moving_to(peer, wait, newest_first(), here, self.config, now):
                 continue
             peer.last_nudged = now
             names.append(name)
@@ -358,8 +351,9 @@ def movable(job: Job[P], ask: StealAsk, config: SchedulerConfig, now: float) -> 
 def share(
     ask: StealAsk,
     candidates: list[Job[P]],
-    here: Here,
+    here: Estimates,
     peers: Iterable[tuple[str, PeerState]],
+    now: float,
 ) -> int:
     """How many of our queued ``candidates`` the thief may take: its fair share.
 
@@ -372,11 +366,11 @@ def share(
     """
     model = candidates[0].model
     mine = here.runs_here_s(model)
-    theirs = here.thief_s(ask, model)
+    theirs = here.for_thief(ask.service_s, model)
     thief = (ask.wait_s + ask.rtt_s, max(1, ask.slots) / theirs)
     others: list[tuple[float, float]] = []
     if mine is not None:
-        others.append((here.running_left_s / here.slots, here.slots / mine))
+        others.append((here.running_left_s(now) / here.slots, here.slots / mine))
     for name, peer in peers:
         load = peer.load
         if name == ask.thief or model not in load.models:
@@ -388,15 +382,35 @@ def share(
     return max(1, round((level - wait) * rate)) if level > wait else 0
 
 
+def select_grant(
+    ask: StealAsk,
+    candidates: list[Job[P]],
+    here: Estimates,
+    peers: Iterable[tuple[str, PeerState]],
+    config: SchedulerConfig,
+    now: float,
+) -> list[tuple[Job[P], float]]:
+    """What to hand a thief of our :func:`movable` ``candidates`` (newest first,
+    at least one), each job with when the thief should finish it: up to its
+    :func:`share` and the grant's caps, while it beats us (:func:`choose_grant`)."""
+    limit = min(share(ask, candidates, here, peers, now), config.max_grant_jobs)
+    return choose_grant(ask, candidates, limit, here, config, now)
+
+
 def choose_grant(
-    ask: StealAsk, candidates: list[Job[P]], limit: int, here: Here, config: SchedulerConfig
+    ask: StealAsk,
+    candidates: list[Job[P]],
+    limit: int,
+    here: Estimates,
+    config: SchedulerConfig,
+    now: float,
 ) -> list[tuple[Job[P], float]]:
     """Which of ``candidates`` (newest first) go to the thief, each with when
     the thief should finish it: at most ``limit``, within the grant's byte
     cap, and only while the thief beats us by the hysteresis margin."""
     # Our finish time for the newest runnable queued job; each one we give
     # away brings the next one's forward by its service time per slot.
-    victim_finish = here.finish_s
+    victim_finish = here.finish_s(now)
     thief_ready = ask.wait_s + ask.rtt_s
     thief_parallel = max(1, ask.slots)
     granted: list[tuple[Job[P], float]] = []
@@ -407,7 +421,7 @@ def choose_grant(
         if granted and sent_bytes + job.size_bytes > config.max_grant_bytes:
             break
         mine = here.runs_here_s(job.model)
-        theirs = here.thief_s(ask, job.model)
+        theirs = here.for_thief(ask.service_s, job.model)
         transfer = (sent_bytes + job.size_bytes) / ask.bandwidth_bps
         thief_finish = thief_ready + transfer + theirs * (len(granted) + 1) / thief_parallel
         ours = victim_finish if mine is not None else math.inf
@@ -424,8 +438,9 @@ def worth_moving_to(
     peer: PeerState,
     wait: float,
     newest_first: Iterable[Job[P]],
-    here: Here,
+    here: Estimates,
     config: SchedulerConfig,
+    now: float,
 ) -> bool:
     """Whether ``peer``, waiting ``wait`` already, would finish our newest movable job sooner."""
     load = peer.load
@@ -433,7 +448,7 @@ def worth_moving_to(
         if job.model not in load.models or job.moves >= config.max_moves:
             continue
         theirs = load.service_s.get(job.model) or here.estimate(job.model)
-        mine = here.finish_s if job.model in here.models else math.inf
+        mine = here.finish_s(now) if job.model in here.models else math.inf
         transfer = job.size_bytes / (peer.bandwidth_bps or config.default_bandwidth_bps)
         finish = wait + rtt_s(config, peer) + transfer + theirs
         return finish + margin_s(config, theirs) < mine
