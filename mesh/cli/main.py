@@ -12,9 +12,9 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mesh._version import __version__
 from mesh.cli.client_commands import add_client_commands
@@ -22,8 +22,6 @@ from mesh.cli.logs import configure_logging
 from mesh.config import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_RPC_PORT,
-    GatewayServerConfig,
-    NodeConfig,
     load_gateway_config,
     load_node_config,
 )
@@ -268,26 +266,15 @@ def _add_log_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_node(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    flags = {key: value for key, value in vars(args).items() if key not in {"config", "handler"}}
-    config = load_node_config(flags, environ, args.config)
-    configure_logging(config.log_level, config.log_format)
-    asyncio.run(_run_node(config))
-    return 0
+    config = load_node_config(_flags(args), environ, args.config)
 
+    def make() -> _Server:
+        # Imported here so that client commands start fast, without onnxruntime.
+        from mesh.node.node import Node
 
-async def _run_node(config: NodeConfig) -> None:
-    # Imported here so that client commands start fast, without onnxruntime.
-    from mesh.node.node import Node
+        return Node(config)
 
-    node = Node(config)
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, node.stop)
-    try:
-        await node.run()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+    return _serve(config.log_level, config.log_format, make)
 
 
 # --- gateway ------------------------------------------------------------------
@@ -377,23 +364,49 @@ def _add_gateway_parser(commands: Any) -> None:
 
 
 def _cmd_gateway(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    flags = {key: value for key, value in vars(args).items() if key not in {"config", "handler"}}
-    config = load_gateway_config(flags, environ, args.config)
-    configure_logging(config.log_level, config.log_format)
-    asyncio.run(_run_gateway(config))
+    config = load_gateway_config(_flags(args), environ, args.config)
+
+    def make() -> _Server:
+        # Imported here so that client commands start fast, without onnxruntime.
+        from mesh.gateway.server import Gateway
+
+        return Gateway(config)
+
+    return _serve(config.log_level, config.log_format, make)
+
+
+# --- running a server until a signal --------------------------------------------
+
+
+class _Server(Protocol):
+    """A node or a gateway: runs until stopped."""
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags as settings: everything but the config file and the handler."""
+    return {key: value for key, value in vars(args).items() if key not in {"config", "handler"}}
+
+
+def _serve(log_level: str, log_format: str, make: Callable[[], _Server]) -> int:
+    """Run the server ``make`` builds (inside the loop) until SIGINT or SIGTERM stops it."""
+    configure_logging(log_level, log_format)
+    asyncio.run(_run_until_signalled(make))
     return 0
 
 
-async def _run_gateway(config: GatewayServerConfig) -> None:
-    # Imported here so that client commands start fast, without onnxruntime.
-    from mesh.gateway.server import Gateway
-
-    gateway = Gateway(config)
+async def _run_until_signalled(make: Callable[[], _Server]) -> None:
+    server = make()
     loop = asyncio.get_running_loop()
+    # Either signal asks for a clean stop (goodbyes said, ports freed, exit
+    # status 0) rather than a KeyboardInterrupt traceback mid-request.
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, gateway.stop)
+        loop.add_signal_handler(signum, server.stop)
     try:
-        await gateway.run()
+        await server.run()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
