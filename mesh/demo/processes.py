@@ -15,12 +15,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mesh.errors import PeerUnavailable
 
 __all__ = [
     "free_port",
     "node_command",
+    "read_ready",
     "spawn_gateway",
     "spawn_node",
     "start_gateway_process",
@@ -38,23 +40,7 @@ def node_command(name: str, ready: Path, extra: Sequence[str] = ()) -> list[str]
 
     It writes ``ready`` (with its port) once it listens, and logs warnings only.
     """
-    return [
-        sys.executable,
-        "-m",
-        "mesh",
-        "node",
-        "--name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        "--log-level",
-        "warning",
-        *extra,
-    ]
+    return _command("node", name=name, ready=ready, port=0, log_level="warning", extra=extra)
 
 
 def start_node_process(
@@ -62,31 +48,29 @@ def start_node_process(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``edgemesh node`` on 127.0.0.1 with a free port; returns it and its port."""
     process = spawn_node(workdir, name=name, key=key, extra=extra)
-    try:
-        port = wait_ready(process, workdir, name)
-    except BaseException:
-        # Ctrl-C or a failure while waiting must not leave the node running.
-        stop_process(process)
-        raise
-    return process, port
+    return process, int(_ready_or_stopped(process, workdir, name)["rpc_port"])
 
 
 def start_gateway_process(
-    workdir: Path, *, port: int = 0, extra: list[str] | None = None
+    workdir: Path,
+    *,
+    name: str = "gateway",
+    port: int = 0,
+    extra: Sequence[str] = (),
+    log_level: str = "warning",
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``edgemesh gateway`` on 127.0.0.1; returns it and its HTTP port."""
-    process = spawn_gateway(workdir, port=port, extra=extra)
-    try:
-        http_port = wait_ready(process, workdir, "gateway", "http_port")
-    except BaseException:
-        stop_process(process)
-        raise
-    return process, http_port
+    """Start ``edgemesh gateway`` on 127.0.0.1; returns it and its HTTP port.
+
+    Its ready file, ``NAME.ready.json`` in ``workdir``, holds ``{name, host, http_port}``.
+    """
+    process = spawn_gateway(workdir, name=name, port=port, extra=extra, log_level=log_level)
+    return process, int(_ready_or_stopped(process, workdir, name)["http_port"])
 
 
 def spawn_node(
     workdir: Path, *, name: str, key: bytes | None, extra: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
+    """Start ``edgemesh node`` without waiting for it; see :func:`wait_ready`."""
     ready = workdir / f"{name}.ready.json"
     # mDNS stays on loopback: the demo never multicasts on the LAN.
     command = node_command(name, ready, ["--interface", "127.0.0.1", *(extra or [])])
@@ -102,15 +86,33 @@ def spawn_node(
 
 
 def spawn_gateway(
-    workdir: Path, *, port: int = 0, extra: list[str] | None = None
+    workdir: Path,
+    *,
+    name: str = "gateway",
+    port: int = 0,
+    extra: Sequence[str] = (),
+    log_level: str = "warning",
 ) -> subprocess.Popen[bytes]:
-    ready = workdir / "gateway.ready.json"
+    """Start ``edgemesh gateway`` without waiting for it; see :func:`wait_ready`."""
+    ready = workdir / f"{name}.ready.json"
     ready.unlink(missing_ok=True)
-    command = [
+    command = _command(
+        "gateway", name=name, ready=ready, port=port, log_level=log_level, extra=extra
+    )
+    # Appended to: a restarted gateway's log keeps its previous life's.
+    return _spawn(command, workdir / f"{name}.log", "ab")
+
+
+def _command(
+    kind: str, *, name: str, ready: Path, port: int, log_level: str, extra: Sequence[str]
+) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "mesh",
-        "gateway",
+        kind,
+        "--name",
+        name,
         "--host",
         "127.0.0.1",
         "--port",
@@ -118,11 +120,9 @@ def spawn_gateway(
         "--ready-file",
         str(ready),
         "--log-level",
-        "warning",
-        *(extra or []),
+        log_level,
+        *extra,
     ]
-    # Appended to: a restarted gateway's log keeps its previous life's.
-    return _spawn(command, workdir / "gateway.log", "ab")
 
 
 def _spawn(command: list[str], log: Path, mode: str) -> subprocess.Popen[bytes]:
@@ -138,6 +138,13 @@ def wait_ready(
     timeout: float = READY_TIMEOUT_S,
 ) -> int:
     """The port under ``key`` in ``name``'s ready file, once the process has written it."""
+    return int(read_ready(process, workdir, name, timeout)[key])
+
+
+def read_ready(
+    process: subprocess.Popen[bytes], workdir: Path, name: str, timeout: float = READY_TIMEOUT_S
+) -> dict[str, Any]:
+    """``name``'s ready file, once the process has written it; PeerUnavailable if it exits first."""
     ready = workdir / f"{name}.ready.json"
     deadline = time.monotonic() + timeout
     while not ready.exists():
@@ -147,7 +154,18 @@ def wait_ready(
         if time.monotonic() > deadline:
             raise PeerUnavailable(f"{name} did not start within {timeout:.0f} s")
         time.sleep(0.05)
-    return int(json.loads(ready.read_text())[key])
+    info: dict[str, Any] = json.loads(ready.read_text())
+    return info
+
+
+def _ready_or_stopped(process: subprocess.Popen[bytes], workdir: Path, name: str) -> dict[str, Any]:
+    """:func:`read_ready`, stopping the process if that fails or is interrupted."""
+    try:
+        return read_ready(process, workdir, name)
+    except BaseException:
+        # Ctrl-C or a failure while waiting must not leave the process running.
+        stop_process(process)
+        raise
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:

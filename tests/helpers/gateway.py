@@ -5,70 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 
 from mesh.config import GatewayServerConfig, HttpConfig
-from mesh.demo.processes import stop_process
+from mesh.demo.processes import start_gateway_process
 from mesh.gateway.server import Gateway
 from mesh.runtime.runtime import Runtime
 
 __all__ = [
-    "READY_TIMEOUT_S",
     "gateway_config",
     "misbehaving_server",
     "running_gateway",
     "start_gateway",
 ]
 
-READY_TIMEOUT_S = 60.0
-
 
 def start_gateway(
     workdir: Path, *extra: str, name: str = "gw"
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """``python -m mesh gateway`` on 127.0.0.1 with a free port; returns it and its port."""
-    ready = workdir / f"{name}.ready.json"
-    log = workdir / f"{name}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "mesh",
-        "gateway",
-        "--name",
-        name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--ready-file",
-        str(ready),
-        *extra,
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.exists():
-            if process.poll() is not None:
-                pytest.fail(f"gateway exited with {process.returncode}:\n{log.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start in {READY_TIMEOUT_S:.0f} s:\n{log.read_text()}")
-            time.sleep(0.05)
-        info = json.loads(ready.read_text())
-        assert info == {"name": name, "host": "127.0.0.1", "http_port": info["http_port"]}
-        return process, int(info["http_port"])
-    except BaseException:
-        stop_process(process)
-        raise
+    """``edgemesh gateway`` on 127.0.0.1 with a free port, logging at info; it and its port.
+
+    Its ready file is ``NAME.ready.json`` and its log ``NAME.log`` in ``workdir``.
+    """
+    return start_gateway_process(workdir, name=name, extra=extra, log_level="info")
 
 
 def gateway_config(port: int = 0, **overrides: Any) -> GatewayServerConfig:

@@ -81,6 +81,12 @@ async def test_infer_over_http(gateway: int, digits: Digits) -> None:
             assert "digits-small" in (await response.json())["error"]
 
 
+def test_ready_file_says_where_it_listens(tmp_path: Path, gateway: int) -> None:
+    # What scripts (and start_gateway_process) read to find the gateway.
+    info = json.loads((tmp_path / "gw.ready.json").read_text())
+    assert info == {"name": "gw", "host": "127.0.0.1", "http_port": gateway}
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signals_stop_the_gateway_cleanly(tmp_path: Path, signum: int) -> None:
     process, port = start_gateway(tmp_path, "--model", "digits-small")
