@@ -12,8 +12,10 @@ docstring: the owner's :mod:`.ledger` (ownership, epochs, leases: delivery
 exactly once), the per-model :mod:`.queues`, the :mod:`.stealing` policy
 (power of two choices, speed-weighted shares, hysteresis, nudges), the
 :mod:`.estimates` that make load time rather than queue length, and the
-:mod:`.timers` for deadlines, leases and back-offs. What stays here is the
-order of things: which part hears of an event, and what follows from it.
+:mod:`.timers` for deadlines, leases and back-offs (a request past its
+deadline, or whose client left, leaves every queue without running). What
+stays here is the order of things: which part hears of an event, and what
+follows from it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-from mesh.core.policy.capacity import Capacity, Placement, place
+from mesh.core.policy.capacity import Placement, place
 from mesh.core.scheduling.estimates import Estimates
 from mesh.core.scheduling.jobs import (
     Abort,
@@ -167,9 +169,7 @@ class Scheduler(Generic[P]):
         this node's queue for it, each from when it is free.
         """
         sha = self._models.get(model)
-        holders: list[Capacity] = []
-        if sha is not None:
-            holders.append(self._estimates.capacity(self.name, model, now))
+        holders = [self._estimates.capacity(self.name, model, now)] if sha is not None else []
         if self.config.steal:
             holders += self._peers.capacities(model, sha, now, self._estimates.estimate)
         return place(
@@ -277,11 +277,10 @@ class Scheduler(Generic[P]):
         self._peers.lost(name)
         for owned in self._ledger.held_by(name):
             self._take_back(owned)
-        actions: list[Action] = []
-        for job in self._ledger.orphans(name):
-            # Nobody is left to answer; the client retries on another node.
-            self.counters["orphaned"] += 1
-            actions += self._stop(job)
+        # Nobody is left to answer what ``name`` owned; its client retries elsewhere.
+        orphans = self._ledger.orphans(name)
+        self.counters["orphaned"] += len(orphans)
+        actions = [action for job in orphans for action in self._stop(job)]
         return actions + self._fail_unholdable() + self._after_change(now)
 
     def nudged(self, by: str, now: float) -> list[Action]:
