@@ -57,6 +57,8 @@ __all__ = [
     "check_interfaces",
     "hear_only_joined_groups",
     "interface_networks",
+    "open_zeroconf",
+    "resolve_advert",
 ]
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ class MdnsDiscovery:
         started. Raises ConfigError if the interfaces cannot be used or
         another node on the network already holds our name.
         """
-        zc = self._open()
+        zc = open_zeroconf(self._interfaces)
         try:
             await zc.zeroconf.async_wait_for_start()
             if self._interfaces is not None:
@@ -199,20 +201,6 @@ class MdnsDiscovery:
         )
         return announced
 
-    def _open(self) -> AsyncZeroconf:
-        interfaces: list[str] | InterfaceChoice
-        if self._interfaces is None:
-            interfaces, version = InterfaceChoice.All, IPVersion.V4Only
-        else:
-            interfaces, version = list(self._interfaces), None  # None: from the addresses
-        try:
-            return AsyncZeroconf(interfaces=interfaces, ip_version=version)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot start mDNS on {', '.join(self._interfaces or ('all interfaces',))}: "
-                f"{exc.strerror or exc}"
-            ) from exc
-
     def _addresses(self) -> list[str]:
         if self._interfaces is not None:
             return list(self._interfaces)
@@ -266,11 +254,11 @@ class MdnsDiscovery:
 
     async def _resolve(self, zeroconf: Zeroconf, name: str) -> None:
         try:
-            info = AsyncServiceInfo(SERVICE_TYPE, name)
-        except BadTypeInNameException:
-            self._report_once(name, "garbage", "ignoring mDNS record %r: malformed name", name)
+            advert = await resolve_advert(zeroconf, name, self._resolve_timeout)
+        except ProtocolError as exc:
+            self._report_once(name, "garbage", "ignoring mDNS record %r: %s", name, exc.message)
             return
-        if not await info.async_request(zeroconf, self._resolve_timeout * 1000):
+        if advert is None:
             self._report_once(
                 name,
                 "unresolved",
@@ -278,11 +266,6 @@ class MdnsDiscovery:
                 name,
                 self._resolve_timeout,
             )
-            return
-        try:
-            advert = parse_advert(name, info.properties, info.parsed_addresses(), info.port)
-        except ProtocolError as exc:
-            self._report_once(name, "garbage", "ignoring mDNS record %r: %s", name, exc.message)
             return
         self._accept(name, advert)
 
@@ -350,6 +333,37 @@ class MdnsDiscovery:
 async def _wait_for(announced: Awaitable[object]) -> None:
     """Hold zeroconf's announcement task inside our task group, so it is cancelled with us."""
     await announced
+
+
+def open_zeroconf(interfaces: Sequence[str] | None) -> AsyncZeroconf:
+    """Zeroconf on ``interfaces`` (checked addresses; None: every IPv4 interface).
+
+    ConfigError when the sockets cannot be opened (an address this machine lacks).
+    """
+    choice: list[str] | InterfaceChoice
+    if interfaces is None:
+        choice, version = InterfaceChoice.All, IPVersion.V4Only
+    else:
+        choice, version = list(interfaces), None  # None: from the addresses
+    try:
+        return AsyncZeroconf(interfaces=choice, ip_version=version)
+    except OSError as exc:
+        where = ", ".join(interfaces or ("all interfaces",))
+        raise ConfigError(f"cannot start mDNS on {where}: {exc.strerror or exc}") from exc
+
+
+async def resolve_advert(zeroconf: Zeroconf, name: str, timeout_s: float) -> Advert | None:
+    """The advert behind instance ``name``; None without a complete answer in time.
+
+    ProtocolError when the name or the record is malformed (see ``parse_advert``).
+    """
+    try:
+        info = AsyncServiceInfo(SERVICE_TYPE, name)
+    except BadTypeInNameException:
+        raise ProtocolError("malformed name") from None
+    if not await info.async_request(zeroconf, timeout_s * 1000):
+        return None
+    return parse_advert(name, info.properties, info.parsed_addresses(), info.port)
 
 
 def check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:

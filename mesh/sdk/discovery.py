@@ -16,22 +16,21 @@ import logging
 from collections.abc import Sequence
 
 from zeroconf import (
-    BadTypeInNameException,
-    InterfaceChoice,
-    IPVersion,
     ServiceStateChange,
     Zeroconf,
 )
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+from zeroconf.asyncio import AsyncServiceBrowser
 
-from mesh.core.membership.adverts import SERVICE_TYPE, Advert, parse_advert
+from mesh.core.membership.adverts import SERVICE_TYPE, Advert
 from mesh.core.wire.addresses import format_address, on_networks
-from mesh.errors import ConfigError, ProtocolError
+from mesh.errors import ProtocolError
 from mesh.mdns import (
     RESOLVE_TIMEOUT,
     check_interfaces,
     hear_only_joined_groups,
     interface_networks,
+    open_zeroconf,
+    resolve_advert,
 )
 
 __all__ = ["browse_nodes", "node_address"]
@@ -50,7 +49,7 @@ async def browse_nodes(
     """
     checked = None if interfaces is None else check_interfaces(interfaces)
     networks = None if checked is None else interface_networks(checked)
-    zc = _open(checked)
+    zc = open_zeroconf(checked)
     try:
         await zc.zeroconf.async_wait_for_start()
         if checked is not None:
@@ -94,27 +93,12 @@ def node_address(advert: Advert) -> str:
     return format_address(advert.addresses[0], advert.rpc_port)
 
 
-def _open(interfaces: Sequence[str] | None) -> AsyncZeroconf:
-    where = ", ".join(interfaces or ("all interfaces",))
-    try:
-        if interfaces is None:
-            return AsyncZeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.V4Only)
-        return AsyncZeroconf(interfaces=list(interfaces))
-    except OSError as exc:
-        raise ConfigError(f"cannot start mDNS on {where}: {exc.strerror or exc}") from exc
-
-
 async def _resolve(zeroconf: Zeroconf, name: str) -> Advert | None:
     try:
-        info = AsyncServiceInfo(SERVICE_TYPE, name)
-    except BadTypeInNameException:
-        log.debug("ignoring mDNS record %r: malformed name", name)
-        return None
-    if not await info.async_request(zeroconf, RESOLVE_TIMEOUT * 1000):
-        log.debug("ignoring mDNS record %r: no complete answer", name)
-        return None
-    try:
-        return parse_advert(name, info.properties, info.parsed_addresses(), info.port)
+        advert = await resolve_advert(zeroconf, name, RESOLVE_TIMEOUT)
     except ProtocolError as exc:
         log.info("ignoring mDNS record %r: %s", name, exc.message)
         return None
+    if advert is None:
+        log.debug("ignoring mDNS record %r: no complete answer", name)
+    return advert
