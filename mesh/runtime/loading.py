@@ -24,8 +24,8 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from mesh.config import RuntimeConfig
+from mesh.core.models.manifest import ManifestEntry
 from mesh.core.models.signatures import (
-    ManifestEntry,
     ModelSpec,
     TensorSpec,
     dtype_from_onnx,

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.core.models.signatures import ManifestEntry, check_model_name, parse_manifest
+from mesh.core.models.manifest import ManifestEntry, parse_manifest
+from mesh.core.models.signatures import check_model_name
 from mesh.errors import ConfigError, ModelError, ModelIntegrityError
 
 __all__ = [

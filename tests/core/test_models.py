@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mesh.core.models.manifest import ManifestEntry, parse_manifest
 from mesh.core.models.signatures import (
-    ManifestEntry,
     ModelSpec,
     TensorSpec,
     check_model_name,
     dtype_from_onnx,
-    parse_manifest,
     shape_from_onnx,
     signature_mismatch,
     validate_inputs,

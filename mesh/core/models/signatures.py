@@ -1,7 +1,8 @@
-"""Model signatures, the model manifest, and input validation.
+"""Model signatures, their wire form, and input validation.
 
 Pure: no file I/O, no onnxruntime, no asyncio. :mod:`mesh.runtime.loading` reads the
-files and asks onnxruntime what a model declares; this module decides whether
+files and asks onnxruntime what a model declares; this module (with
+:mod:`mesh.core.models.manifest` for what a manifest declares) decides whether
 all of that is consistent and whether a request's inputs fit a model.
 
 A signature is a tuple of :class:`TensorSpec`. Shapes use ``None`` for a
@@ -18,17 +19,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mesh.core.models.fields import quoted, read_accuracy, read_bool, read_sha256, read_string
 from mesh.errors import ConfigError, InvalidInput, ModelError, ProtocolError
 
 __all__ = [
     "SUPPORTED_DTYPES",
-    "ManifestEntry",
     "ModelSource",
     "ModelSpec",
     "TensorSpec",
     "check_model_name",
     "dtype_from_onnx",
-    "parse_manifest",
+    "parse_tensor_list",
     "shape_from_onnx",
     "signature_mismatch",
     "validate_inputs",
@@ -59,7 +60,6 @@ SUPPORTED_DTYPES: frozenset[str] = frozenset(dt.name for dt in _ONNX_TO_NUMPY.va
 
 # Names end up in URLs (/v2/models/{name}) and log lines, so keep them plain.
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -136,25 +136,6 @@ class ModelSpec:
             return _model_spec_from_mapping(obj)
         except ConfigError as exc:
             raise ProtocolError(exc.message) from exc
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One ``[models.<name>]`` table of a manifest, validated.
-
-    ``inputs``/``outputs`` are None when the manifest does not declare them;
-    the model file's own signature is then used as it is.
-    """
-
-    name: str
-    version: str
-    file: str
-    sha256: str
-    description: str = ""
-    accuracy: float | None = None
-    compute_only: bool = False
-    inputs: tuple[TensorSpec, ...] | None = None
-    outputs: tuple[TensorSpec, ...] | None = None
 
 
 # --- ONNX type mapping -------------------------------------------------------
@@ -236,9 +217,9 @@ def validate_inputs(spec: ModelSpec, inputs: Mapping[str, object]) -> None:
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing input(s) {_quoted(missing)}")
+            parts.append(f"missing input(s) {quoted(missing)}")
         if unexpected:
-            parts.append(f"unexpected input(s) {_quoted(unexpected)}")
+            parts.append(f"unexpected input(s) {quoted(unexpected)}")
         wanted = ", ".join(t.describe() for t in spec.inputs) or "none"
         raise InvalidInput(f"model '{spec.name}': {'; '.join(parts)}; expected inputs: {wanted}")
     for tensor in spec.inputs:
@@ -272,132 +253,16 @@ def _check_tensor(model: str, tensor: TensorSpec, value: object) -> None:
             )
 
 
-# --- manifest -------------------------------------------------------------------
+# --- parsing: the manifest's and the wire's tensor and model maps -----------------
 
-_ENTRY_REQUIRED = ("version", "file", "sha256")
-_ENTRY_KEYS = frozenset(
-    {*_ENTRY_REQUIRED, "description", "accuracy", "compute_only", "inputs", "outputs"}
-)
 _TENSOR_KEYS = frozenset({"name", "dtype", "shape"})
 
 
-def parse_manifest(data: Mapping[str, Any]) -> dict[str, ManifestEntry]:
-    """Validate a parsed ``manifest.toml`` and return its entries by model name.
+def parse_tensor_list(value: object, where: str, *, strict: bool = True) -> tuple[TensorSpec, ...]:
+    """A signature from a list of ``{name, dtype, shape}`` maps; ConfigError if malformed.
 
-    Strict inside ``[models.*]`` (an unknown key is most likely a typo, and a
-    typo in ``compute_only`` or ``sha256`` must not pass silently). Other
-    top-level tables such as ``[dataset]`` belong to other tools and are left
-    alone. Raises :class:`ConfigError` naming the model and key.
+    Names must be unique. ``strict`` refuses unknown keys (see below).
     """
-    models = data.get("models")
-    if not isinstance(models, Mapping):
-        raise ConfigError("manifest: expected a [models.<name>] table for each model")
-    entries: dict[str, ManifestEntry] = {}
-    files: dict[str, str] = {}
-    for name, table in models.items():
-        entry = _parse_entry(str(name), table)
-        if entry.file in files:
-            raise ConfigError(
-                f"manifest: models '{files[entry.file]}' and '{name}' both use file '{entry.file}'"
-            )
-        files[entry.file] = entry.name
-        entries[entry.name] = entry
-    return entries
-
-
-def _parse_entry(name: str, table: object) -> ManifestEntry:
-    where = f"manifest model '{name}'"
-    try:
-        check_model_name(name)
-    except ConfigError as exc:
-        raise ConfigError(f"manifest: {exc.message}") from exc
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - _ENTRY_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {_quoted(unknown)};"
-            f" allowed keys: {_quoted(sorted(_ENTRY_KEYS))}"
-        )
-    missing = [k for k in _ENTRY_REQUIRED if k not in table]
-    if missing:
-        raise ConfigError(f"{where}: missing required key(s) {_quoted(missing)}")
-    inputs = table.get("inputs")
-    outputs = table.get("outputs")
-    return ManifestEntry(
-        name=name,
-        version=_string(table, "version", where, example='version = "1"'),
-        file=_file(table, where),
-        sha256=_sha256(table, where),
-        description=_string(table, "description", where, default=""),
-        accuracy=_accuracy(table, where),
-        compute_only=_bool(table, "compute_only", where, default=False),
-        inputs=None if inputs is None else _tensor_list(inputs, f"{where}, key 'inputs'"),
-        outputs=None if outputs is None else _tensor_list(outputs, f"{where}, key 'outputs'"),
-    )
-
-
-def _string(
-    table: Mapping[str, Any],
-    key: str,
-    where: str,
-    default: str | None = None,
-    example: str = "",
-) -> str:
-    if key not in table:
-        if default is not None:
-            return default
-        raise ConfigError(f"{where}: missing key '{key}'")
-    value = table[key]
-    if not isinstance(value, str) or (default is None and not value):
-        hint = f" (e.g. {example})" if example else ""
-        raise ConfigError(f"{where}: key '{key}' must be a non-empty string{hint}, got {value!r}")
-    return value
-
-
-def _file(table: Mapping[str, Any], where: str) -> str:
-    value = _string(table, "file", where, example='file = "model.onnx"')
-    parts = value.split("/")
-    # The file must stay inside the model directory the manifest describes
-    # (checked on the string: core does not touch pathlib or the disk).
-    if (
-        value.startswith("/")
-        or "\\" in value
-        or any(p in ("", ".", "..") for p in parts)
-        or not value.endswith(".onnx")
-        or parts[-1] == ".onnx"
-    ):
-        raise ConfigError(
-            f"{where}: key 'file' must be a relative path to a .onnx file inside the"
-            f" model directory, got {value!r}"
-        )
-    return value
-
-
-def _sha256(table: Mapping[str, Any], where: str) -> str:
-    value = table.get("sha256")
-    if not isinstance(value, str) or not _SHA256_RE.fullmatch(value.lower()):
-        raise ConfigError(f"{where}: key 'sha256' must be 64 hex digits, got {value!r}")
-    return value.lower()
-
-
-def _accuracy(table: Mapping[str, Any], where: str) -> float | None:
-    value = table.get("accuracy")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{where}: key 'accuracy' must be a number from 0 to 1, got {value!r}")
-    return float(value)
-
-
-def _bool(table: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: key '{key}' must be true or false, got {value!r}")
-    return value
-
-
-def _tensor_list(value: object, where: str, *, strict: bool = True) -> tuple[TensorSpec, ...]:
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
         raise ConfigError(f"{where}: expected an array of tables, got {type(value).__name__}")
     specs = tuple(
@@ -407,7 +272,7 @@ def _tensor_list(value: object, where: str, *, strict: bool = True) -> tuple[Ten
     names = [t.name for t in specs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ConfigError(f"{where}: duplicate tensor name(s) {_quoted(duplicates)}")
+        raise ConfigError(f"{where}: duplicate tensor name(s) {quoted(duplicates)}")
     return specs
 
 
@@ -422,7 +287,7 @@ def _tensor_spec_from_mapping(obj: object, where: str, *, strict: bool = True) -
     unknown = sorted(str(k) for k in set(obj) - _TENSOR_KEYS)
     if strict and unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {_quoted(unknown)}; allowed: 'name', 'dtype', 'shape'"
+            f"{where}: unknown key(s) {quoted(unknown)}; allowed: 'name', 'dtype', 'shape'"
         )
     name = obj.get("name")
     if not isinstance(name, str) or not name:
@@ -431,8 +296,7 @@ def _tensor_spec_from_mapping(obj: object, where: str, *, strict: bool = True) -
     dtype = obj.get("dtype")
     if not isinstance(dtype, str) or dtype not in SUPPORTED_DTYPES:
         raise ConfigError(
-            f"{where}: key 'dtype' must be one of {_quoted(sorted(SUPPORTED_DTYPES))},"
-            f" got {dtype!r}"
+            f"{where}: key 'dtype' must be one of {quoted(sorted(SUPPORTED_DTYPES))}, got {dtype!r}"
         )
     shape = obj.get("shape")
     if not isinstance(shape, Sequence) or isinstance(shape, (str, bytes)):
@@ -464,13 +328,13 @@ def _model_spec_from_mapping(obj: object) -> ModelSpec:
             raise ConfigError(f"{where}: missing key '{key}'")
     return ModelSpec(
         name=name,
-        version=_string(obj, "version", where),
-        sha256=_sha256(obj, where),
-        inputs=_tensor_list(obj["inputs"], f"{where}, key 'inputs'", strict=False),
-        outputs=_tensor_list(obj["outputs"], f"{where}, key 'outputs'", strict=False),
-        description=_string(obj, "description", where, default=""),
-        accuracy=_accuracy(obj, where),
-        compute_only=_bool(obj, "compute_only", where, default=False),
+        version=read_string(obj, "version", where),
+        sha256=read_sha256(obj, where),
+        inputs=parse_tensor_list(obj["inputs"], f"{where}, key 'inputs'", strict=False),
+        outputs=parse_tensor_list(obj["outputs"], f"{where}, key 'outputs'", strict=False),
+        description=read_string(obj, "description", where, default=""),
+        accuracy=read_accuracy(obj, where),
+        compute_only=read_bool(obj, "compute_only", where, default=False),
         source="manifest" if source == "manifest" else "file",
     )
 
@@ -490,9 +354,5 @@ def _dtype_str(dtype: np.dtype[Any]) -> str:
     return dtype.name
 
 
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(f"'{n}'" for n in names)
-
-
 def _names(tensors: Mapping[str, TensorSpec]) -> str:
-    return _quoted(sorted(tensors)) or "none"
+    return quoted(sorted(tensors)) or "none"
