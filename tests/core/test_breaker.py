@@ -6,8 +6,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from mesh.config import BreakerConfig
-from mesh.core.policy.breaker import CircuitBreaker, Exchange, Outcome, Verdict, judge
+from mesh.core.policy.breaker import (
+    BreakerConfig,
+    CircuitBreaker,
+    Exchange,
+    Outcome,
+    Verdict,
+    judge,
+)
 from mesh.errors import ConfigError
 
 CONFIG = BreakerConfig(failure_threshold=3, open_s=1.0, max_open_s=4.0)

@@ -235,16 +235,6 @@ def test_wire_form_lets_a_newer_peers_keys_through() -> None:
     assert ModelSpec.from_wire(wire) == SPEC
 
 
-def test_the_sdk_reads_the_same_wire_form() -> None:
-    from mesh.sdk.types import ModelInfo  # pure too: numpy and mesh.core only
-
-    info = ModelInfo.from_wire(SPEC.to_wire())
-    assert (info.name, info.sha256, info.accuracy) == (SPEC.name, SPEC.sha256, SPEC.accuracy)
-    assert [(t.name, t.dtype, t.shape) for t in info.inputs] == [("X", "float32", (-1, 64))]
-    with pytest.raises(ProtocolError, match=r"malformed model entry.*'sha256'"):
-        ModelInfo.from_wire({**SPEC.to_wire(), "sha256": "nope"})
-
-
 def test_model_spec_wire_omits_unknown_accuracy() -> None:
     assert "accuracy" not in TWO_INPUTS.to_wire()
 
