@@ -26,11 +26,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["LabUnavailable", "NetnsLab", "sweep_leftovers", "unavailable_reason"]
+__all__ = ["LabUnavailable", "NetnsLab", "multicast_lab", "sweep_leftovers", "unavailable_reason"]
 
 # A subnet unlikely to be in use; it exists only inside the lab's namespaces.
 SUBNET = "10.77.0"
@@ -316,3 +316,29 @@ def _stop(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
+
+
+@contextlib.contextmanager
+def multicast_lab(hosts: int) -> Iterator[NetnsLab]:
+    """A lab of ``hosts`` namespaces on a bridge that carries multicast, removed afterwards.
+
+    Skips the test, with the reason, where namespaces cannot be made or
+    multicast does not cross the bridge; fails it if cleaning up leaves
+    anything behind.
+    """
+    import pytest  # only the tests use this helper; the lab itself is plain
+
+    lab = NetnsLab(hosts=hosts)
+    try:
+        try:
+            lab.setup()
+        except LabUnavailable as exc:
+            pytest.skip(f"cannot make network namespaces here: {exc}")
+        try:
+            lab.check_multicast()
+        except RuntimeError as exc:
+            pytest.skip(f"multicast does not work between namespaces here: {exc}")
+        yield lab
+    finally:
+        problems = lab.cleanup()
+        assert not problems, problems

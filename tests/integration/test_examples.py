@@ -28,7 +28,7 @@ import pytest
 
 from mesh.demo.processes import start_node_process, stop_process
 from tests.helpers import MODELS_DIR, REPO
-from tests.helpers.netns import LabUnavailable, NetnsLab, unavailable_reason
+from tests.helpers.netns import multicast_lab, unavailable_reason
 
 EXAMPLES = REPO / "examples"
 RUN_TIMEOUT_S = 120.0
@@ -242,19 +242,8 @@ def _sweep_demo(prefix: str) -> None:
 @pytest.fixture
 def namespaces_with_multicast() -> None:
     """Skip unless namespaces can be made here and multicast crosses a bridge between them."""
-    lab = NetnsLab(hosts=2)
-    try:
-        try:
-            lab.setup()
-        except LabUnavailable as exc:
-            pytest.skip(f"cannot make network namespaces here: {exc}")
-        try:
-            lab.check_multicast()
-        except RuntimeError as exc:
-            pytest.skip(f"multicast does not work between namespaces here: {exc}")
-    finally:
-        problems = lab.cleanup()
-        assert not problems, problems
+    with multicast_lab(hosts=2):
+        pass
 
 
 def test_netns_demo_script_is_valid_bash() -> None:

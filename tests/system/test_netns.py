@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import KEY
-from tests.helpers.netns import LabUnavailable, NetnsLab, unavailable_reason
+from tests.helpers.netns import NetnsLab, multicast_lab, unavailable_reason
 
 pytestmark = [
     pytest.mark.system,
@@ -46,20 +46,8 @@ State = dict[str, dict[str, str]]  # observer -> {peer name: state}
 @pytest.fixture
 def lab() -> Iterator[NetnsLab]:
     """Three namespaces on a bridge; always removed, whatever happens."""
-    lab = NetnsLab(hosts=3)
-    try:
-        try:
-            lab.setup()
-        except LabUnavailable as exc:
-            pytest.skip(f"cannot make network namespaces here: {exc}")
-        try:
-            lab.check_multicast()
-        except RuntimeError as exc:
-            pytest.skip(f"multicast does not work between namespaces here: {exc}")
-        yield lab
-    finally:
-        problems = lab.cleanup()
-        assert not problems, problems
+    with multicast_lab(hosts=3) as made:
+        yield made
 
 
 def _status_command(lab: NetnsLab, host: str, key_file: Path) -> list[str]:
