@@ -116,15 +116,15 @@ def add_node_command(commands: Any) -> None:
     node.add_argument(
         "--default-deadline-ms",
         metavar="MS",
-        help="for a request that gives no deadline: the mesh must be able to finish it "
-        "within this, or it goes to the gateway (or is refused); it is not dropped when "
-        "this passes (default: 2000)",
+        help="with --gateway, for a request that gives no deadline: the mesh must be able "
+        "to finish it within this, or it goes to the gateway; it is never dropped when this "
+        "passes, and without a gateway such a request just queues (default: 2000)",
     )
     node.add_argument(
         "--queue-cap",
         metavar="N",
-        help="requests queued on this node at most before new ones go to the gateway "
-        "(default: 1024)",
+        help="requests queued on this node at most before new ones go to the gateway, "
+        "or, with none, get Overloaded (default: 1024)",
     )
     node.add_argument(
         "--emulate-speed",

@@ -149,9 +149,10 @@ class GatewayClientConfig:
 class FallbackConfig:
     """When a node sends a request to the gateway instead of the mesh."""
 
-    # A request that gives no deadline must be one the mesh can finish
-    # within this, or it goes to the gateway (or is refused). It is not
-    # dropped when this passes: only a deadline the client gave expires.
+    # With a gateway, a request that gives no deadline must be one the mesh
+    # can finish within this, or it goes to the gateway. It is not dropped
+    # when this passes (only a deadline the client gave expires), and with no
+    # gateway it is not looked at: such a request queues, up to queue_cap.
     default_deadline_ms: float = 2000.0
     # Requests queued on this node (its own and others') at most; a request
     # arriving at a full queue goes to the gateway, or is refused.

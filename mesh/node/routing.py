@@ -63,11 +63,16 @@ class Fallback:
 
     async def infer(self, request: InferRequest) -> Answer:
         """Answer ``request`` from the mesh or the gateway, or refuse it with the reason."""
-        # A request without a deadline is judged by the default one, but not
-        # expired by it: its client asked for an answer, however late.
-        deadline_ms = request.deadline_ms or self._config.default_deadline_ms
+        # A request without a deadline is never expired: its client asked for
+        # an answer, however late. With a gateway the default deadline judges
+        # whether the gateway would be the better place for it; without one
+        # it queues here (bounded by the queue cap) and is not refused for time.
         started = time.perf_counter()
-        placement = self._work.placement(request, deadline_ms)
+        placement = self._work.placement(
+            request,
+            gateway=self._gateway is not None,
+            default_deadline_ms=self._config.default_deadline_ms,
+        )
         self._deciding_s += time.perf_counter() - started
         self._decisions += 1
         if not placement.offload:

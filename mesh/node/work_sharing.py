@@ -178,11 +178,18 @@ class WorkSharing:
 
     # --- requests entering here --------------------------------------------------
 
-    def placement(self, request: InferRequest, deadline_ms: float) -> Placement:
-        """Whether ``request``, due within ``deadline_ms``, should stay in the
-        mesh; InvalidInput if its inputs do not fit a model that runs here."""
+    def placement(
+        self, request: InferRequest, *, gateway: bool, default_deadline_ms: float
+    ) -> Placement:
+        """Whether ``request`` should stay in the mesh (``gateway``: one could
+        take it instead; ``default_deadline_ms``: what a request without a
+        deadline is then judged by); InvalidInput if its inputs do not fit a
+        model that runs here."""
         now = self._now()
-        placement = self.scheduler.placement(request.model, now + deadline_ms / 1000, now)
+        deadline = None if request.deadline_ms is None else now + request.deadline_ms / 1000
+        placement = self.scheduler.placement(
+            request.model, deadline, now, gateway=gateway, default_s=default_deadline_ms / 1000
+        )
         if request.model in self.scheduler.models and (
             placement.offload or self.scheduler.shares_work()
         ):

@@ -4,10 +4,14 @@ Pure estimates over figures the scheduler already keeps (its own queue, its
 peers' gossiped load). :func:`place` is the fallback rule of DESIGN.md: a
 request stays in the mesh when some node holds its model, the entry node's
 queue is under its cap, and the holders together would finish it within its
-deadline; otherwise it goes to the cloud gateway (or, with none, is refused
-at once with the reason). :func:`water_level` is the shared arithmetic: how
-long a number of requests takes when every helper works until the same
-moment, each at its own speed.
+deadline, less a headroom; otherwise it goes to the cloud gateway (or, with
+none, is refused at once with the reason). Only what cannot be served is
+refused: a request without a deadline has none to miss, so without a
+gateway it queues (bounded by the cap) however long the wait; with a
+gateway, the default deadline judges whether the gateway is the better
+place for it. :func:`water_level` is the shared arithmetic: how long a
+number of requests takes when every helper works until the same moment,
+each at its own speed.
 """
 
 from __future__ import annotations
@@ -61,14 +65,21 @@ def place(
     queued: int,
     queue_cap: int,
     headroom: float,
+    gateway: bool,
+    default_s: float | None,
 ) -> Placement:
     """Whether a request for ``model`` stays in the mesh.
 
     ``holders`` are the nodes that could run it, ``ahead`` the requests for
     the same model already queued where it would queue, ``queued`` all
     requests queued there, and ``remaining_s`` the time left to its deadline
-    (None: no deadline). ``headroom`` is the share of that time kept as
-    slack for estimates that are a gossip period old.
+    (None: the client gave none). ``headroom`` is the share of that time
+    kept as slack for estimates that are a gossip period old. ``gateway``
+    says whether a gateway could take the request instead; only then is a
+    request without a deadline judged, by ``default_s`` (None: not at all):
+    the mesh keeps it if it would finish within that, else the gateway is
+    the better place. Without a gateway it stays, bounded only by
+    ``queue_cap``: it has no deadline to miss.
     """
     if not holders:
         return Placement(
@@ -77,22 +88,44 @@ def place(
     if queued >= queue_cap:
         return Placement(
             offload=True,
-            reason=f"{queued} requests are already queued on this node (its cap is {queue_cap})",
+            reason=(
+                f"{queued} requests are already queued on this node "
+                f"(its cap is {queue_cap}, set by --queue-cap)"
+            ),
         )
-    if remaining_s is None:
+    budget_s = remaining_s
+    if budget_s is None and gateway:
+        budget_s = default_s
+    if budget_s is None:
+        # No deadline to miss, or nowhere better to go: it waits its turn.
         return STAY
     finish = finish_s(holders, ahead)
-    if finish > remaining_s * (1.0 - headroom):
+    if finish > budget_s * (1.0 - headroom):
         nodes = "1 node serves" if len(holders) == 1 else f"{len(holders)} nodes serve"
         return Placement(
             offload=True,
             finish_s=finish,
             reason=(
                 f"the mesh would finish it in about {finish * 1000:.0f} ms ({nodes} "
-                f"'{model}'), past its deadline of {remaining_s * 1000:.0f} ms"
+                f"'{model}'), {_limit(budget_s, headroom, default=remaining_s is None)}"
             ),
         )
     return Placement(offload=False, finish_s=finish)
+
+
+def _limit(budget_s: float, headroom: float, *, default: bool) -> str:
+    """The limit a too-late finish broke, in words, headroom included."""
+    deadline = (
+        f"the default {budget_s * 1000:.0f} ms deadline of a request that gives none"
+        if default
+        else f"its {budget_s * 1000:.0f} ms deadline"
+    )
+    if headroom == 0:
+        return f"later than {deadline}"
+    return (
+        f"later than {(1.0 - headroom) * 100:.0f}% of {deadline} ({headroom * 100:.0f}% is "
+        "kept as headroom, as load estimates may be out of date)"
+    )
 
 
 def finish_s(holders: Sequence[Capacity], ahead: int) -> float:

@@ -161,12 +161,22 @@ class Scheduler(Generic[P]):
 
     # --- requests entering here ---------------------------------------------
 
-    def placement(self, model: str, deadline: float | None, now: float) -> Placement:
+    def placement(
+        self,
+        model: str,
+        deadline: float | None,
+        now: float,
+        *,
+        gateway: bool = False,
+        default_s: float | None = None,
+    ) -> Placement:
         """Whether a new request for ``model`` stays in the mesh (see mesh.core.policy.capacity).
 
         Its holders are this node, when the model runs here, and, when work
         is shared, every peer that runs the same model: they would all drain
-        this node's queue for it, each from when it is free.
+        this node's queue for it, each from when it is free. ``gateway`` and
+        ``default_s``: whether a gateway could take it instead, and the
+        deadline a request without one is then judged by.
         """
         sha = self._models.get(model)
         holders = [self._estimates.capacity(self.name, model, now)] if sha is not None else []
@@ -180,6 +190,8 @@ class Scheduler(Generic[P]):
             queued=self.queued(),
             queue_cap=self.config.queue_cap,
             headroom=self.config.deadline_headroom,
+            gateway=gateway,
+            default_s=default_s,
         )
 
     def submit(
