@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit core-minimal bench bench-balance bench-fallback models clean
+.PHONY: demo test lint typecheck unit core-minimal bench bench-balance bench-fallback bench-chaos models clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "edgemesh needs Python 3.11 or newer"'
@@ -62,6 +62,12 @@ bench-balance: $(STAMP)
 # the fallback decision's cost, HTTP against RPC: about 2 minutes.
 bench-fallback: $(STAMP)
 	$(BIN)/python benchmarks/fallback.py
+
+# Chaos: 4 emulated nodes under steady load, a SIGKILL, SIGTERM or SIGSTOP
+# every 5 s; sent / ok / wrong / lost / doubled, detection and recovery:
+# about 90 seconds.
+bench-chaos: $(STAMP)
+	$(BIN)/python benchmarks/chaos.py
 
 # Rebuild models/ from scikit-learn's bundled digits (build-time dependencies only).
 models: $(STAMP)
