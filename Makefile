@@ -65,7 +65,7 @@ bench-fallback: $(STAMP)
 
 # Chaos: 4 emulated nodes under steady load, a SIGKILL, SIGTERM or SIGSTOP
 # every 5 s; sent / ok / wrong / lost / doubled, detection and recovery:
-# about 90 seconds.
+# about 80 seconds.
 bench-chaos: $(STAMP)
 	$(BIN)/python benchmarks/chaos.py
 
