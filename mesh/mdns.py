@@ -46,7 +46,7 @@ from mesh.core.membership.adverts import (
     parse_advert,
 )
 from mesh.core.wire.addresses import Network, host_ip, network_of, on_networks
-from mesh.errors import ConfigError, ProtocolError
+from mesh.errors import AddressUnavailable, ConfigError, NameTaken, ProtocolError
 from mesh.log_once import WarnOnce
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "PeerGone",
     "PeerSeen",
     "check_interfaces",
+    "check_own_addresses",
     "hear_only_joined_groups",
     "interface_networks",
     "open_zeroconf",
@@ -188,7 +189,7 @@ class MdnsDiscovery:
         try:
             announced = await zc.async_register_service(info)
         except NonUniqueNameException:
-            raise ConfigError(
+            raise NameTaken(
                 f"the node name {self._advert.name!r} is already taken on this network "
                 "(another node answered for it); choose another --name"
             ) from None
@@ -379,6 +380,34 @@ def check_interfaces(interfaces: Sequence[str]) -> tuple[str, ...]:
     if not checked:
         raise ConfigError("mDNS needs at least one interface address (or None for all)")
     return tuple(checked)
+
+
+def check_own_addresses(interfaces: Sequence[str]) -> None:
+    """AddressUnavailable unless each of ``interfaces`` (checked addresses) is this machine's.
+
+    Asked before a node listens, so that ``--interface`` with an address the
+    machine lacks is one clear error rather than a failure of mDNS later.
+    """
+    # Compared without an IPv6 scope (fe80::1%eth0): ifaddr gives none.
+    own = [ipaddress.ip_address(text.split("%")[0]) for text in _all_addresses()]
+    for text in interfaces:
+        if ipaddress.ip_address(text.split("%")[0]) not in own:
+            shown = ", ".join(str(a) for a in own[:8]) + (", ..." if len(own) > 8 else "")
+            raise AddressUnavailable(
+                f"--interface {text} is not an address of this machine (its addresses: "
+                f"{shown}); give the IP address of the interface mDNS should use"
+            )
+
+
+def _all_addresses() -> list[str]:
+    """Every address of this machine, IPv4 and IPv6, loopback included."""
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            if text not in found:
+                found.append(text)
+    return found
 
 
 def interface_networks(interfaces: Sequence[str]) -> tuple[Network, ...]:

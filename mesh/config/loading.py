@@ -153,7 +153,11 @@ def _ip_list(key: str, value: object) -> tuple[str, ...]:
         try:
             checked.append(host_ip(text))
         except ValueError as exc:
-            raise ConfigError(f"{key}: {text!r} cannot be used: {exc}") from None
+            # (An interface's name, eth0, is the usual slip.)
+            raise ConfigError(
+                f"{key}: {text!r} cannot be used: {exc}; give an IP address of this "
+                "machine, not an interface's name"
+            ) from None
     return tuple(checked)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from typing import Any
 
 from mesh.config import Emulation, GatewayServerConfig
@@ -32,6 +33,7 @@ from mesh.core.wire.requests import InferRequest
 from mesh.errors import ConfigError, DeadlineExceeded, MeshError, Overloaded
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
+from mesh.listening import bind_tcp
 from mesh.runtime.runtime import Runtime
 from mesh.service import Answer, EdgemeshServer, InferenceService
 
@@ -215,6 +217,8 @@ class Gateway:
         self._owns_runtime = runtime is None
         self._stop = asyncio.Event()
         self._server: HttpServer | None = None
+        # Bound by run() before anything else (see mesh.listening).
+        self._sock: socket.socket | None = None
         self.service: InferenceService | None = None
 
     @property
@@ -236,7 +240,19 @@ class Gateway:
         self._stop.set()
 
     async def run(self) -> None:
-        """Serve until :meth:`stop` is called or the task is cancelled."""
+        """Serve until :meth:`stop` is called or the task is cancelled.
+
+        The port is bound first, before the models load or the upstream is
+        asked: one in use is AddressInUse naming --port, at once.
+        """
+        config = self.config
+        sock = self._sock = bind_tcp(config.host, config.http.port or 0, flag="--port")
+        try:
+            await self._run()
+        finally:
+            sock.close()  # the server closed it already, unless it never started
+
+    async def _run(self) -> None:
         config = self.config
         if config.upstream is not None:
             async with GatewayClient(config.upstream) as client:
@@ -266,27 +282,20 @@ class Gateway:
 
     async def _serve(self, service: InferenceService, serving: str) -> None:
         self.service = service
-        server = self._server = HttpServer(service, host=self.config.host, config=self.config.http)
+        server = self._server = HttpServer(
+            service, host=self.config.host, config=self.config.http, sock=self._sock
+        )
         listening = asyncio.Event()
         try:
             async with asyncio.TaskGroup() as tasks:
                 serving_task = tasks.create_task(server.serve(listening))
-                # Either it listens, or serve() fails (a port in use) and the
-                # TaskGroup raises that instead of waiting forever.
+                # Either it listens, or serve() fails and the TaskGroup
+                # raises that instead of waiting forever.
                 await listening.wait()
                 self._announce(serving)
                 await self._stop.wait()
                 log.info("gateway %s stopping", self.config.name)
                 serving_task.cancel()
-        except* OSError as group:
-            if listening.is_set():
-                raise
-            # Binding failed: the port is taken, or the address is not ours.
-            reason = group.exceptions[0]
-            raise ConfigError(
-                f"cannot listen on {self.config.host}:{self.config.http.port}: "
-                f"{getattr(reason, 'strerror', None) or reason}"
-            ) from None
         except* MeshError as group:
             # One failure that says what went wrong (a port in use) reads
             # better for the user than an exception group.

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -277,10 +278,19 @@ def make_app(service: InferenceService, config: HttpConfig) -> web.Application:
 class HttpServer:
     """Serves :func:`make_app` on ``host`` and ``config.port`` until cancelled."""
 
-    def __init__(self, service: InferenceService, *, host: str, config: HttpConfig) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        *,
+        host: str,
+        config: HttpConfig,
+        sock: socket.socket | None = None,
+    ) -> None:
         self._app = make_app(service, config)
         self._host = host
         self._config = config
+        # Bound already (see mesh.listening): then host and port only name it.
+        self._sock = sock
         self._bound_port: int | None = None
 
     @property
@@ -301,7 +311,11 @@ class HttpServer:
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self._host, self._config.port or 0)
+            site: web.BaseSite
+            if self._sock is not None:
+                site = web.SockSite(runner, self._sock)
+            else:
+                site = web.TCPSite(runner, self._host, self._config.port or 0)
             await site.start()
             self._bound_port = _port_of(runner)
             log.info("Open Inference Protocol on http://%s:%s/v2", self._host, self._bound_port)

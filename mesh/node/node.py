@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 import uuid
 from collections import Counter
@@ -44,7 +45,8 @@ from mesh.core.wire.tensors import encode_tensors
 from mesh.errors import BadRequest, MeshError, ModelNotFound
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
-from mesh.mdns import MdnsDiscovery
+from mesh.listening import Port, bind_ports
+from mesh.mdns import MdnsDiscovery, check_own_addresses
 from mesh.node.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.node.routing import Fallback
 from mesh.node.work_sharing import WorkSharing
@@ -104,6 +106,8 @@ class Node:
         self._http: HttpServer | None = None
         self._counters: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
+        # The RPC socket, then the HTTP one with --http-port: bound by run() first.
+        self._listeners: list[socket.socket] = []
         self._in_flight = 0
 
     # --- lifecycle -----------------------------------------------------------
@@ -137,16 +141,38 @@ class Node:
         self._stop.set()
 
     async def run(self) -> None:
-        """Serve until :meth:`stop` is called or the task is cancelled."""
-        if self._runtime is None:
-            # Loading verifies hashes and builds sessions: seconds of CPU on
-            # a small device, so it runs off the event loop.
-            self._runtime = await asyncio.to_thread(Runtime, self.config.runtime)
+        """Serve until :meth:`stop` is called or the task is cancelled.
+
+        What can be checked is checked first, before the models load and
+        before anyone hears of the node: its ports are bound (AddressInUse,
+        AddressUnavailable, naming the flag) and its mDNS interfaces are
+        this machine's. A name taken on the network shows only once mDNS
+        probes for it: NameTaken, after the node has started.
+        """
+        self._claim_addresses()
         try:
-            await self._serve()
+            if self._runtime is None:
+                # Loading verifies hashes and builds sessions: seconds of CPU on
+                # a small device, so it runs off the event loop.
+                self._runtime = await asyncio.to_thread(Runtime, self.config.runtime)
+            try:
+                await self._serve()
+            finally:
+                if self._owns_runtime:
+                    await self._runtime.aclose()
         finally:
-            if self._owns_runtime:
-                await self._runtime.aclose()
+            # The servers close what they adopted; this closes what they never did.
+            for sock in self._listeners:
+                sock.close()
+
+    def _claim_addresses(self) -> None:
+        config = self.config
+        if config.mesh.mdns and config.mesh.interfaces is not None:
+            check_own_addresses(config.mesh.interfaces)
+        ports = [Port(config.port, "--port")]
+        if config.http.port is not None:
+            ports.append(Port(config.http.port, "--http-port"))
+        self._listeners = bind_ports(config.host, ports)
 
     async def _serve(self) -> None:
         config = self.config
@@ -156,7 +182,7 @@ class Node:
                 "Give every node the same --mesh-key-file to close it.",
                 config.name,
                 config.host,
-                config.port,
+                self._listeners[0].getsockname()[1],
             )
         self._server = RpcServer(
             host=config.host,
@@ -166,7 +192,7 @@ class Node:
             key=config.mesh_key,
             hello_info=self._hello_info,
         )
-        port = await self._server.start()
+        port = await self._server.start(self._listeners[0])
         async with contextlib.AsyncExitStack() as stack:
             if config.gateway is not None:
                 self._gateway = await stack.enter_async_context(GatewayClient(config.gateway))
@@ -210,7 +236,9 @@ class Node:
             started.append(tasks.create_task(self._server.serve(listening)))
             await listening.wait()
             if config.http.port is not None:
-                self._http = HttpServer(_HttpFace(self), host=config.host, config=config.http)
+                self._http = HttpServer(
+                    _HttpFace(self), host=config.host, config=config.http, sock=self._listeners[1]
+                )
                 http_listening = asyncio.Event()
                 started.append(tasks.create_task(self._http.serve(http_listening)))
                 await http_listening.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -49,13 +50,19 @@ class RpcServer:
         """Open connections now."""
         return len(self._connections)
 
-    async def start(self) -> int:
-        """Bind the listening socket; returns the port (useful when asked for port 0)."""
+    async def start(self, sock: socket.socket | None = None) -> int:
+        """Bind the listening socket, or adopt ``sock`` (bound already, see
+        :mod:`mesh.listening`); returns the port (useful when asked for port 0)."""
         loop = asyncio.get_running_loop()
         try:
-            self._server = await loop.create_server(
-                self._new_connection, self._host, self._port, start_serving=False
-            )
+            if sock is not None:
+                self._server = await loop.create_server(
+                    self._new_connection, sock=sock, start_serving=False
+                )
+            else:
+                self._server = await loop.create_server(
+                    self._new_connection, self._host, self._port, start_serving=False
+                )
         except OSError as exc:
             raise PeerUnavailable(
                 f"cannot listen on {self._host}:{self._port}: {exc.strerror or exc}"

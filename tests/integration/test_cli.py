@@ -4,6 +4,8 @@ has its TOML key and environment variable (the same name, resolved in one place)
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import io
 import json
 import logging
@@ -13,8 +15,16 @@ from pathlib import Path
 import pytest
 
 from mesh.cli.logs import configure_logging
-from mesh.cli.main import _parser, main
+from mesh.cli.main import _parser, main, sole_mesh_error
 from mesh.config import GATEWAY_SETTING_KEYS, NODE_SETTING_KEYS, load_node_config
+from mesh.errors import (
+    AddressInUse,
+    AddressUnavailable,
+    ConfigError,
+    MeshError,
+    NameTaken,
+    Overloaded,
+)
 from tests.helpers import REPO
 
 COMMANDS = ("node", "gateway", "infer", "models", "status", "demo")
@@ -107,3 +117,55 @@ def test_the_readme_node_toml_example_loads(tmp_path: Path) -> None:
     assert config.http.port == 8080
     assert config.fallback.default_deadline_ms == 1500
     assert config.log_format == "json"
+
+
+# --- exit statuses (README, "Exit statuses") ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "line"),
+    [
+        (AddressInUse("--port 7 is in use"), 3, "edgemesh: --port 7 is in use"),
+        (
+            AddressUnavailable("--host 1.2.3.4 is not ours"),
+            4,
+            "edgemesh: --host 1.2.3.4 is not ours",
+        ),
+        (NameTaken("choose another --name"), 5, "edgemesh: choose another --name"),
+        (ConfigError("bad\nvalue"), 2, "edgemesh: configuration error: bad value"),
+        (Overloaded("busy"), 1, "edgemesh: Overloaded: busy"),
+    ],
+)
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_each_kind_of_error_is_one_line_and_its_own_exit_status(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: MeshError,
+    status: int,
+    line: str,
+    wrapped: bool,
+) -> None:
+    # As a node's TaskGroup raises it: the error, beside the cancellations it caused.
+    raised: BaseException = (
+        BaseExceptionGroup("unhandled errors in a TaskGroup", [asyncio.CancelledError(), error])
+        if wrapped
+        else error
+    )
+
+    def handler(args: argparse.Namespace, environ: object) -> int:
+        raise raised
+
+    # A command whose handler fails so; the module, not the function it exports.
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(command="test", handler=handler)
+    monkeypatch.setattr(importlib.import_module("mesh.cli.main"), "_parser", lambda: parser)
+    assert main([]) == status
+    assert capsys.readouterr().err.splitlines() == [line]
+
+
+def test_a_group_of_several_errors_is_not_hidden() -> None:
+    several = ExceptionGroup("two", [Overloaded("a"), ConfigError("b")])
+    assert sole_mesh_error(several) is None
+    assert sole_mesh_error(ExceptionGroup("bug", [ValueError("x")])) is None
+    nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [NameTaken("n")])])
+    assert isinstance(sole_mesh_error(nested), NameTaken)

@@ -138,8 +138,9 @@ def test_a_port_in_use_is_a_clear_error() -> None:
         result = run_gateway_cli(
             "--host", "127.0.0.1", "--port", str(port), "--model", "digits-small"
         )
-    assert result.returncode == 2, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    # Address in use has its own exit status (README, "Exit statuses").
+    assert result.returncode == 3, result.stderr
+    assert f"--port {port} is in use on 127.0.0.1" in result.stderr
     assert "Traceback" not in result.stderr
 
 
