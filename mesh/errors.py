@@ -6,6 +6,9 @@ boundary where they happen, so callers only ever need ``except MeshError``::
 
     MeshError
     ├── ConfigError
+    │   ├── AddressInUse           a port to listen on is taken (exit status 3)
+    │   ├── AddressUnavailable     an address (--host, --interface) this machine lacks (4)
+    │   └── NameTaken              another node on the network has this node's name (5)
     ├── ProtocolError              the peer broke the wire contract
     │   ├── BadRequest             a well-formed message with bad parameters
     │   ├── MethodNotFound         no such RPC method
@@ -34,6 +37,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AddressInUse",
+    "AddressUnavailable",
     "AuthError",
     "BadRequest",
     "ConfigError",
@@ -47,6 +52,7 @@ __all__ = [
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFound",
+    "NameTaken",
     "Overloaded",
     "PeerUnavailable",
     "ProtocolError",
@@ -75,6 +81,24 @@ class ConfigError(MeshError):
     """A configuration value is missing, malformed or inconsistent."""
 
     code = "ConfigError"
+
+
+class AddressInUse(ConfigError):
+    """A port this process should listen on is held by another (the message names the flag)."""
+
+    code = "AddressInUse"
+
+
+class AddressUnavailable(ConfigError):
+    """An address to listen or announce on is not one of this machine's, or does not resolve."""
+
+    code = "AddressUnavailable"
+
+
+class NameTaken(ConfigError):
+    """Another node on the network already answers for this node's name."""
+
+    code = "NameTaken"
 
 
 class ProtocolError(MeshError):
