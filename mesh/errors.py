@@ -15,6 +15,7 @@ boundary where they happen, so callers only ever need ``except MeshError``::
     │   └── MessageTooLarge        a message over the configured size limit
     ├── TransportError
     │   ├── PeerUnavailable        cannot connect, or the connection was lost
+    │   │   └── Draining           the node is shutting down: ask another node
     │   └── RpcTimeout             no answer within the call's timeout
     ├── RemoteError                the peer sent an error code we do not know
     ├── ModelError
@@ -43,6 +44,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "DeadlineExceeded",
+    "Draining",
     "InferenceFailed",
     "InternalError",
     "InvalidInput",
@@ -135,6 +137,18 @@ class PeerUnavailable(TransportError):
     """The peer cannot be reached, or the connection to it was lost."""
 
     code = "PeerUnavailable"
+
+
+class Draining(PeerUnavailable):
+    """The node is draining (shutting down): it takes no new request, or it gave up
+    on one it had taken when its drain timeout passed.
+
+    A :class:`PeerUnavailable` on purpose: the request was not served and may
+    be sent to another node under the same request id, which is what every
+    client that fails over on PeerUnavailable (the SDK among them) already does.
+    """
+
+    code = "Draining"
 
 
 class RpcTimeout(TransportError):

@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mesh.cli.serving import Server, add_log_flags, add_model_flags, flags_of, serve
+from mesh.cli.serving import (
+    Server,
+    add_drain_flag,
+    add_log_flags,
+    add_model_flags,
+    flags_of,
+    serve,
+)
 from mesh.config import DEFAULT_GATEWAY_PORT, load_gateway_config
 
 __all__ = ["add_gateway_command"]
@@ -71,6 +78,7 @@ def add_gateway_command(commands: Any) -> None:
         metavar="FILE",
         help="write {name, host, http_port} as JSON here once listening",
     )
+    add_drain_flag(gateway)
     add_log_flags(gateway)
     gateway.set_defaults(command="gateway", handler=_cmd_gateway)
 

@@ -1,8 +1,8 @@
 """The ``edgemesh`` command line: one parser, a module per command family.
 
 Subcommands: ``node`` (run a node), ``gateway`` (run a cloud gateway),
-``infer``, ``models`` and ``status`` (talk to a running node), ``demo`` (see
-it all work on this machine).
+``infer``, ``models`` and ``status`` (talk to a running node), ``drain`` (shut
+a node down gracefully), ``demo`` (see it all work on this machine).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from mesh._version import __version__
 from mesh.cli.client_commands import add_client_commands
 from mesh.cli.demo_command import add_demo_command
+from mesh.cli.drain_command import add_drain_command
 from mesh.cli.gateway_command import add_gateway_command
 from mesh.cli.node_command import add_node_command
 from mesh.errors import AddressInUse, AddressUnavailable, ConfigError, MeshError, NameTaken
@@ -110,4 +111,5 @@ def _parser() -> argparse.ArgumentParser:
     add_client_commands(commands)
     add_demo_command(commands)
     add_gateway_command(commands)
+    add_drain_command(commands)
     return parser

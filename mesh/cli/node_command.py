@@ -7,7 +7,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mesh.cli.serving import Server, add_log_flags, add_model_flags, flags_of, serve
+from mesh.cli.serving import (
+    Server,
+    add_drain_flag,
+    add_log_flags,
+    add_model_flags,
+    flags_of,
+    serve,
+)
 from mesh.config import DEFAULT_RPC_PORT, load_node_config
 
 __all__ = ["add_node_command"]
@@ -142,6 +149,7 @@ def add_node_command(commands: Any) -> None:
         metavar="FILE",
         help="write {name, id, host, rpc_port} as JSON here once listening",
     )
+    add_drain_flag(node)
     add_log_flags(node)
     node.set_defaults(command="node", handler=_cmd_node)
 

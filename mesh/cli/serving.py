@@ -1,5 +1,10 @@
-"""What ``edgemesh node`` and ``edgemesh gateway`` share: their model and log flags,
-and running a server until SIGINT or SIGTERM stops it cleanly."""
+"""What ``edgemesh node`` and ``edgemesh gateway`` share: their model, log and drain
+flags, and running a server until SIGINT or SIGTERM stops it.
+
+The first signal drains the server (it takes nothing new, finishes and hands
+off what it has, and exits within its drain timeout); a second one stops it
+at once.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from mesh.cli.logs import configure_logging
+from mesh.config.settings import DEFAULT_DRAIN_TIMEOUT_S
 
-__all__ = ["Server", "add_log_flags", "add_model_flags", "flags_of", "serve"]
+__all__ = ["Server", "add_drain_flag", "add_log_flags", "add_model_flags", "flags_of", "serve"]
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -47,10 +53,22 @@ def add_log_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", help="text or json (default: text)")
 
 
+def add_drain_flag(parser: argparse.ArgumentParser) -> None:
+    """--drain-timeout."""
+    parser.add_argument(
+        "--drain-timeout",
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT: how long to finish and hand off what is in flight before "
+        f"exiting anyway; a second signal exits at once (default: {DEFAULT_DRAIN_TIMEOUT_S:g})",
+    )
+
+
 class Server(Protocol):
-    """A node or a gateway: runs until stopped."""
+    """A node or a gateway: runs until stopped or drained."""
 
     async def run(self) -> None: ...
+
+    def drain(self) -> None: ...
 
     def stop(self) -> None: ...
 
@@ -61,7 +79,8 @@ def flags_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(log_level: str, log_format: str, make: Callable[[], Server]) -> int:
-    """Run the server ``make`` builds (inside the loop) until SIGINT or SIGTERM stops it."""
+    """Run the server ``make`` builds (inside the loop) until it drains on SIGINT or
+    SIGTERM, or stops on the second one."""
     configure_logging(log_level, log_format)
     asyncio.run(_run_until_signalled(make))
     return 0
@@ -70,10 +89,21 @@ def serve(log_level: str, log_format: str, make: Callable[[], Server]) -> int:
 async def _run_until_signalled(make: Callable[[], Server]) -> None:
     server = make()
     loop = asyncio.get_running_loop()
-    # Either signal asks for a clean stop (goodbyes said, ports freed, exit
-    # status 0) rather than a KeyboardInterrupt traceback mid-request.
+    signals = 0
+
+    def signalled() -> None:
+        # The first signal drains: nothing in flight is dropped, goodbyes are
+        # said, ports are freed, exit status 0 (not a KeyboardInterrupt
+        # traceback mid-request). A second one means "now".
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            server.drain()
+        else:
+            server.stop()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, server.stop)
+        loop.add_signal_handler(signum, signalled)
     try:
         await server.run()
     finally:

@@ -93,6 +93,14 @@ def _non_negative_number(key: str, value: object) -> float:
     return number
 
 
+def _non_negative_float(key: str, value: object) -> float:
+    expected = "a number of seconds >= 0"
+    number = _number(key, value, expected)
+    if number < 0:
+        raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    return number
+
+
 def _flag(key: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
@@ -194,6 +202,7 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "queue_cap": _positive_int,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
+    "drain_timeout": _non_negative_float,
 }
 NODE_SETTING_KEYS = tuple(_NODE_SETTINGS)
 
@@ -356,6 +365,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         ready_file=None if ready_file is None else Path(ready_file),
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),
+        drain_timeout_s=settings.get("drain_timeout", defaults.drain_timeout_s),
     )
 
 
@@ -410,6 +420,7 @@ _GATEWAY_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "ready_file": _text,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
+    "drain_timeout": _non_negative_float,
 }
 GATEWAY_SETTING_KEYS = tuple(_GATEWAY_SETTINGS)
 
@@ -460,4 +471,5 @@ def _build_gateway_config(settings: Mapping[str, Any]) -> GatewayServerConfig:
         ready_file=None if ready_file is None else Path(ready_file),
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),
+        drain_timeout_s=settings.get("drain_timeout", defaults.drain_timeout_s),
     )

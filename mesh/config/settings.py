@@ -62,6 +62,8 @@ class RpcConfig:
 
 
 DEFAULT_RPC_PORT = 7700
+# How long a node or gateway that was asked to stop may take to drain.
+DEFAULT_DRAIN_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,9 @@ class NodeConfig:
     ready_file: Path | None = None
     log_level: str = "info"
     log_format: str = "text"
+    # On SIGTERM/SIGINT or `edgemesh drain`: how long the node may take to
+    # finish, hand off and answer what it holds before it exits anyway.
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
 
 DEFAULT_GATEWAY_PORT = 8000
@@ -211,3 +216,5 @@ class GatewayServerConfig:
     ready_file: Path | None = None
     log_level: str = "info"
     log_format: str = "text"
+    # On SIGTERM/SIGINT: how long requests in flight may take before it exits anyway.
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S

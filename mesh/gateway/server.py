@@ -14,12 +14,16 @@ ways, behind the same HTTP API (:mod:`mesh.http.server`):
   which is how a user scales the cloud side.
 
 :class:`Gateway` mirrors :class:`~mesh.node.node.Node`: ``run()`` owns all of it in
-one TaskGroup, ``stop()`` ends it, ``ready`` is set once it listens.
+one TaskGroup, ``stop()`` ends it at once, ``drain()`` ends it gracefully
+(new requests get 503 with code ``Draining``, those in flight finish, and what
+is still in flight when ``drain_timeout_s`` passes gets 503 ``Draining``),
+``ready`` is set once it listens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -30,7 +34,7 @@ from mesh.core.policy.admission import GatewayLoad, admit
 from mesh.core.scheduling.emulation import EmulatedDevice
 from mesh.core.wire.oip import model_metadata
 from mesh.core.wire.requests import InferRequest
-from mesh.errors import ConfigError, DeadlineExceeded, MeshError, Overloaded
+from mesh.errors import ConfigError, DeadlineExceeded, Draining, MeshError, Overloaded
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
 from mesh.listening import bind_tcp
@@ -40,6 +44,11 @@ from mesh.service import Answer, EdgemeshServer, InferenceService
 __all__ = ["Gateway", "RuntimeService", "UpstreamService"]
 
 log = logging.getLogger(__name__)
+
+# How often a draining gateway checks whether its requests are done, and how
+# long the answers of those it gave up on get to be written.
+_DRAIN_POLL_S = 0.01
+_LAST_WORDS_S = 1.0
 
 
 class RuntimeService(EdgemeshServer):
@@ -202,6 +211,63 @@ class UpstreamService(EdgemeshServer):
         return Answer(outputs=outputs, ran_on=self.name)
 
 
+class _DrainingFront(EdgemeshServer):
+    """What the HTTP server calls: the service, behind a door that a drain closes.
+
+    It counts the requests in flight, refuses new ones with Draining once
+    the gateway drains, and, when the drain timeout passes, cuts those
+    still in flight short with Draining (503) rather than leaving them to a
+    dropped connection.
+    """
+
+    def __init__(self, service: InferenceService, name: str) -> None:
+        self._service = service
+        self._name = name
+        self.draining = False
+        self._abandoned = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now."""
+        return len(self._tasks)
+
+    def ready(self) -> bool:
+        return not self.draining and self._service.ready()
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        return await self._service.model_metadata(name)
+
+    async def infer(self, request: InferRequest) -> Answer:
+        if self.draining:
+            raise Draining(
+                f"gateway {self._name} is draining (shutting down) and takes no new "
+                "requests; send this one elsewhere"
+            )
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            return await self._service.infer(request)
+        except asyncio.CancelledError:
+            # Our own cancellation (abandon) and nobody else's: answer it.
+            if self._abandoned and task.uncancel() == 0:
+                raise Draining(
+                    f"gateway {self._name} shut down before request "
+                    f"{request.request_id or ''} for {request.model} was answered (its drain "
+                    "timeout passed); send it again elsewhere"
+                ) from None
+            raise
+        finally:
+            self._tasks.discard(task)
+
+    def abandon(self) -> None:
+        """The drain timed out: stop every request in flight with Draining."""
+        self._abandoned = True
+        for task in self._tasks:
+            task.cancel()
+
+
 class Gateway:
     """An ``edgemesh gateway`` process's worth of serving, in one TaskGroup.
 
@@ -216,6 +282,7 @@ class Gateway:
         self._runtime = runtime
         self._owns_runtime = runtime is None
         self._stop = asyncio.Event()
+        self._drain = asyncio.Event()
         self._server: HttpServer | None = None
         # Bound by run() before anything else (see mesh.listening).
         self._sock: socket.socket | None = None
@@ -236,8 +303,14 @@ class Gateway:
         return f"http://{host}:{self.port}"
 
     def stop(self) -> None:
-        """Ask :meth:`run` to shut down; safe to call from a signal handler."""
+        """Ask :meth:`run` to shut down now; safe to call from a signal handler."""
         self._stop.set()
+
+    def drain(self) -> None:
+        """Ask :meth:`run` to refuse new requests (503 Draining), let those in
+        flight finish, and return within ``config.drain_timeout_s``; safe to
+        call from a signal handler. :meth:`stop` cuts it short."""
+        self._drain.set()
 
     async def run(self) -> None:
         """Serve until :meth:`stop` is called or the task is cancelled.
@@ -282,8 +355,9 @@ class Gateway:
 
     async def _serve(self, service: InferenceService, serving: str) -> None:
         self.service = service
+        front = _DrainingFront(service, self.config.name)
         server = self._server = HttpServer(
-            service, host=self.config.host, config=self.config.http, sock=self._sock
+            front, host=self.config.host, config=self.config.http, sock=self._sock
         )
         listening = asyncio.Event()
         try:
@@ -293,7 +367,9 @@ class Gateway:
                 # raises that instead of waiting forever.
                 await listening.wait()
                 self._announce(serving)
-                await self._stop.wait()
+                await self._until_asked()
+                if self._drain.is_set() and not self._stop.is_set():
+                    await self._drain_requests(front)
                 log.info("gateway %s stopping", self.config.name)
                 serving_task.cancel()
         except* MeshError as group:
@@ -302,6 +378,44 @@ class Gateway:
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+
+    async def _until_asked(self) -> None:
+        """Wait for :meth:`stop` or :meth:`drain`."""
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._stop, self._drain)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _drain_requests(self, front: _DrainingFront) -> None:
+        timeout_s = self.config.drain_timeout_s
+        log.info(
+            "gateway %s draining: %d requests in flight, at most %g s",
+            self.config.name,
+            front.in_flight,
+            timeout_s,
+        )
+        front.draining = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._until_done(front)
+        except TimeoutError:
+            log.warning(
+                "gateway %s: drain timeout of %g s passed; answering %d requests with Draining",
+                self.config.name,
+                timeout_s,
+                front.in_flight,
+            )
+            front.abandon()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_LAST_WORDS_S):
+                    await self._until_done(front)
+
+    async def _until_done(self, front: _DrainingFront) -> None:
+        # Polled: the requests are aiohttp's handler tasks, which signal nothing.
+        while front.in_flight and not self._stop.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL_S)
 
     def _announce(self, serving: str) -> None:
         config = self.config

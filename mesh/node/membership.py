@@ -27,6 +27,7 @@ from typing import Any
 
 from mesh.config import MeshConfig, RpcConfig
 from mesh.core.membership.gossip import MemberState
+from mesh.core.membership.leaving import parse_leaving
 from mesh.core.membership.peers import (
     AddressLearned,
     Event,
@@ -274,6 +275,22 @@ class MeshMembership:
         if gossip.name != self.me.name and gossip.name not in self._links:
             # It reached us; make sure our gossip reaches it too.
             self._want(host, gossip.rpc_port, static=False)
+
+    def on_leaving(self, connection: RpcConnection, params: list[Any]) -> None:
+        """Take a ``leaving`` notification: a drained peer is gone now, not suspect."""
+        try:
+            leaving = parse_leaving(params)
+        except MeshError as exc:
+            self._warn_once(
+                f"leaving:{connection.peer}",
+                "bad leaving from %s: %s",
+                connection.peer,
+                exc.message,
+            )
+            return
+        self._handle(
+            self._view.left(leaving.name, leaving.id, leaving.incarnation, now=self._now())
+        )
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:

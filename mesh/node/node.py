@@ -11,8 +11,9 @@ returns only after all of it has stopped. The methods it serves:
 * ``status()`` → identity, models and counters
 * ``ping()`` → ``"pong"``
 * ``hello(...)`` → the mesh-key handshake (handled in :mod:`mesh.rpc`)
+* ``drain()`` → begin a graceful shutdown (as SIGTERM does); see :meth:`Node.drain`
 * between peers: ``steal`` and the ``gossip``, ``result``, ``handoff``,
-  ``cancel`` and ``nudge`` notifications
+  ``cancel``, ``nudge``, ``giveback`` and ``leaving`` notifications
 
 With ``--http-port`` the node also serves the Open Inference Protocol (V2
 REST, :mod:`mesh.http.server`); a request that comes in that way is routed
@@ -34,11 +35,13 @@ from typing import Any
 from mesh._version import __version__
 from mesh.config import NodeConfig
 from mesh.core.membership.adverts import Advert
+from mesh.core.membership.leaving import LEAVING, Leaving
 from mesh.core.membership.peers import Load, ModelHolding
 from mesh.core.models.signatures import ModelSpec
+from mesh.core.scheduling.draining import refused
 from mesh.core.scheduling.jobs import SchedulerConfig
 from mesh.core.wire.auth import mesh_id
-from mesh.core.wire.handover import CANCEL, HANDOFF, NUDGE, RESULT, STEAL
+from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
 from mesh.core.wire.oip import model_metadata
 from mesh.core.wire.requests import InferRequest, parse_infer
 from mesh.core.wire.tensors import encode_tensors
@@ -47,6 +50,7 @@ from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
 from mesh.listening import Port, bind_ports
 from mesh.mdns import MdnsDiscovery, check_own_addresses
+from mesh.node.draining import drain_and_leave
 from mesh.node.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.node.routing import Fallback
 from mesh.node.work_sharing import WorkSharing
@@ -70,6 +74,8 @@ _WORK_COUNTERS = (
     "steal_requests",
     "steals_empty",
     "nudges_sent",
+    "given_back",
+    "abandoned",
 )
 # Routing's counters (mesh.node.routing), likewise.
 _ROUTING_COUNTERS = ("offloaded", "served_by_gateway", "offload_failed", "refused")
@@ -97,6 +103,7 @@ class Node:
         self._runtime = runtime
         self._owns_runtime = runtime is None
         self._stop = asyncio.Event()
+        self._drain = asyncio.Event()
         self._started = time.monotonic()
         self._server: RpcServer | None = None
         self._membership: MeshMembership | None = None
@@ -137,8 +144,28 @@ class Node:
         return self._stop.is_set()
 
     def stop(self) -> None:
-        """Ask :meth:`run` to shut down; safe to call from a signal handler."""
+        """Ask :meth:`run` to shut down now; safe to call from a signal handler.
+
+        What is in flight is dropped; during a drain this cuts it short.
+        """
         self._stop.set()
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` was called."""
+        return self._drain.is_set()
+
+    def drain(self) -> None:
+        """Ask :meth:`run` to drain, then return; safe to call from a signal handler.
+
+        The node refuses new requests (Draining), gives what it holds for
+        peers back, hands its queued work to peers that ask (and runs the
+        rest), answers every request it owns, says goodbye (``leaving`` and
+        mDNS) and returns, within ``config.drain_timeout_s``: past it, what
+        it still owns is answered with Draining. See
+        :mod:`mesh.core.scheduling.draining`.
+        """
+        self._drain.set()
 
     async def run(self) -> None:
         """Serve until :meth:`stop` is called or the task is cancelled.
@@ -251,10 +278,37 @@ class Node:
                 )
                 started.append(tasks.create_task(discovery.run()))
             self._announce(port)
-            await self._stop.wait()
+            await self._until_asked()
+            if self.draining and not self.stopping:
+                await self._drain_then_leave(work)
             log.info("node %s stopping", config.name)
             for task in started:
                 task.cancel()
+
+    async def _until_asked(self) -> None:
+        """Wait for :meth:`stop` or :meth:`drain`."""
+        waits = [
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._drain.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _drain_then_leave(self, work: WorkSharing) -> None:
+        assert self._server is not None
+        await drain_and_leave(
+            name=self.config.name,
+            timeout_s=self.config.drain_timeout_s,
+            work=work,
+            server=self._server,
+            requests_in_flight=lambda: self._in_flight,
+            stopping=lambda: self.stopping,
+            membership=self._membership,
+            leaving=Leaving(self.config.name, self.id, self.incarnation),
+        )
 
     def _advert(self, port: int) -> Advert:
         return Advert(
@@ -285,11 +339,14 @@ class Node:
     def _gossip_load(self) -> Load:
         """This node's load as peers need it: time, not queue length."""
         load = self._sharing.load()
+        # A draining node runs nothing new: it stops being a holder of its
+        # models, so peers neither route to it nor count on it.
+        specs = () if self.draining else self.runtime.specs()
         return Load(
-            models=tuple(ModelHolding(s.name, s.sha256) for s in self.runtime.specs()),
+            models=tuple(ModelHolding(s.name, s.sha256) for s in specs),
             service_s=load.service_s,
             queued_s=load.queued_s,
-            free_slots=load.free_slots,
+            free_slots=0 if self.draining else load.free_slots,
             slots=load.slots,
             role="node",
         )
@@ -333,6 +390,7 @@ class Node:
                 "ping": self._ping,
                 "models": self._models,
                 "status": self._status,
+                "drain": self._drain_method,
                 STEAL: lambda c, p: self._sharing.on_steal(c, p),
             },
             concurrent={"infer": self._infer},
@@ -342,12 +400,30 @@ class Node:
                 HANDOFF: lambda c, p: self._sharing.on_handoff(c, p),
                 CANCEL: lambda c, p: self._sharing.on_cancel(c, p),
                 NUDGE: lambda c, p: self._sharing.on_nudge(c, p),
+                GIVE_BACK: lambda c, p: self._sharing.on_giveback(c, p),
+                LEAVING: self._on_leaving,
             },
         )
 
     def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
         if self._membership is not None:
             self._membership.on_gossip(connection, params)
+
+    def _on_leaving(self, connection: RpcConnection, params: list[Any]) -> None:
+        if self._membership is not None:
+            self._membership.on_leaving(connection, params)
+
+    def _drain_method(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        # With a mesh key only a caller that passed the handshake gets here
+        # (the connection refuses any call before it), as for every method.
+        self._no_params("drain", params)
+        self.drain()
+        return {
+            "name": self.config.name,
+            "draining": True,
+            "drain_timeout_s": self.config.drain_timeout_s,
+            "owned": 0 if self._work is None else self._work.scheduler.owned(),
+        }
 
     def _hello_info(self) -> dict[str, Any]:
         return {
@@ -378,6 +454,7 @@ class Node:
             **self._hello_info(),
             "models": list(self.runtime.names),
             "uptime_s": round(time.monotonic() - self._started, 3),
+            "draining": self.draining,
             "incarnation": self.incarnation,
             "peers": [] if self._membership is None else self._membership.peers_status(),
             "membership": {} if self._membership is None else self._membership.stats(),
@@ -436,6 +513,12 @@ class Node:
         """Route ``request`` (mesh or gateway) and count it; RPC and HTTP both come here."""
         if self._fallback is None:
             raise RuntimeError("the node is not serving yet")
+        if self.draining:
+            # Counted like any failure, but before routing: not even the
+            # gateway gets a request a leaving node was sent.
+            exc = refused(self.config.name)
+            self._count_failure(exc)
+            raise exc
         self._counters["requests"] += 1
         self._in_flight += 1
         try:
@@ -479,7 +562,7 @@ class _HttpFace(EdgemeshServer):
         self._node = node
 
     def ready(self) -> bool:
-        return self._node.ready.is_set() and not self._node.stopping
+        return self._node.ready.is_set() and not (self._node.stopping or self._node.draining)
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
         return await self._node.model_metadata(name)

@@ -30,6 +30,7 @@ from mesh.core.scheduling.jobs import (
     Abort,
     Action,
     Cancel,
+    GiveBack,
     Handoff,
     Job,
     JobKey,
@@ -44,6 +45,7 @@ from mesh.core.scheduling.jobs import (
 from mesh.core.scheduling.scheduler import Scheduler, snapshot
 from mesh.core.wire.handover import (
     CANCEL,
+    GIVE_BACK,
     HANDOFF,
     NUDGE,
     RESULT,
@@ -53,6 +55,7 @@ from mesh.core.wire.handover import (
     encode_grant,
     encode_outcome,
     parse_cancel,
+    parse_giveback,
     parse_grant,
     parse_handoff,
     parse_nudge,
@@ -60,7 +63,7 @@ from mesh.core.wire.handover import (
     parse_steal_ask,
 )
 from mesh.core.wire.requests import InferRequest
-from mesh.errors import InternalError, MeshError
+from mesh.errors import Draining, InternalError, MeshError
 from mesh.log_once import WarnOnce
 from mesh.rpc import RpcConnection
 from mesh.runtime.runtime import Runtime, RuntimeCall
@@ -174,7 +177,14 @@ class WorkSharing:
                 self._pads.clear()
                 for future in self._pending.values():
                     if not future.done():
-                        future.set_exception(InternalError("the node is shutting down"))
+                        # Stopped at once (a second signal): still a typed
+                        # answer that clients fail over on, never silence.
+                        future.set_exception(
+                            Draining(
+                                f"node {self.name} stopped before answering; send the "
+                                "request again, with the same request id, to another node"
+                            )
+                        )
 
     # --- requests entering here --------------------------------------------------
 
@@ -264,6 +274,24 @@ class WorkSharing:
         if name is not None:
             self._do(self.scheduler.nudged(name, self._now()))
 
+    def on_giveback(self, connection: RpcConnection, params: list[Any]) -> None:
+        """``giveback``: a draining holder hands one of our requests back unrun."""
+        notice = self._parse(parse_giveback, params, connection)
+        if notice is None or notice.owner_id != self.node_id:
+            return
+        self._do(self.scheduler.given_back(notice.seq, notice.epoch, notice.holder, self._now()))
+
+    # --- draining ------------------------------------------------------------------
+
+    def drain(self, timeout_s: float) -> None:
+        """Begin draining (see mesh.core.scheduling.draining); ``scheduler.drained()``
+        says when it is done."""
+        self._do(self.scheduler.start_drain(timeout_s, self._now()))
+
+    def abandon(self) -> None:
+        """The drain timed out: answer, cancel or give back whatever is left."""
+        self._do(self.scheduler.abandon(self._now()))
+
     def on_peer_load(self, name: str, load: Load) -> None:
         """A peer's gossip (from membership)."""
         peer = PeerLoad(
@@ -322,6 +350,12 @@ class WorkSharing:
                 self._notify(action.holder, CANCEL, [action.key[0], action.key[1]])
             elif isinstance(action, Abort):
                 self._abort(action.job)
+            elif isinstance(action, GiveBack):
+                self._notify(
+                    action.owner,
+                    GIVE_BACK,
+                    [action.owner_id, action.seq, action.epoch, self.name],
+                )
         self._rearm()
 
     def _rearm(self) -> None:

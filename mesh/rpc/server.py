@@ -50,6 +50,32 @@ class RpcServer:
         """Open connections now."""
         return len(self._connections)
 
+    @property
+    def in_flight(self) -> int:
+        """Concurrent calls (``infer``) being worked on now, over every connection."""
+        return sum(connection.in_flight for connection in self._connections)
+
+    async def close_gracefully(self, timeout_s: float) -> None:
+        """Stop accepting, then close every connection after what it has queued
+        is written (answers included); wait up to ``timeout_s`` for them to go.
+
+        A draining node calls this once it has answered everything, so that
+        the last answers reach their callers; :meth:`serve` ending aborts
+        whatever is left.
+        """
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        for connection in connections:
+            connection.close()
+        if connections:
+            waiting = [asyncio.ensure_future(c.wait_closed()) for c in connections]
+            try:
+                await asyncio.wait(waiting, timeout=timeout_s)
+            finally:
+                for future in waiting:
+                    future.cancel()
+
     async def start(self, sock: socket.socket | None = None) -> int:
         """Bind the listening socket, or adopt ``sock`` (bound already, see
         :mod:`mesh.listening`); returns the port (useful when asked for port 0)."""

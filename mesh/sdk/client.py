@@ -22,8 +22,12 @@ on it is sent again, with the same request id and what is left of its
 deadline and timeout, to the least loaded of the nodes it has not tried
 yet. A node gets each call at most once, so a call ends after at most one
 try per node, with :class:`PeerUnavailable` naming each node tried and
-why. An answer from a node, error or not (``InvalidInput``,
-``Overloaded``, ``DeadlineExceeded``, ...), is final: it is never retried.
+why. A node that answers :class:`~mesh.errors.Draining` (it is shutting
+down, and did not serve the call) is failed over the same way; the client
+stops sending it new calls at once, while the calls it already took are
+still answered there. Any other answer from a node, error or not
+(``InvalidInput``, ``Overloaded``, ``DeadlineExceeded``, ...), is final:
+it is never retried.
 So every call gets exactly one answer; a request may *run* twice when its
 first node died after running it, as with any retry. Nodes that came back
 are used again by later calls.
@@ -49,6 +53,7 @@ from mesh.core.wire import auth
 from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
+    Draining,
     MeshError,
     PeerUnavailable,
     ProtocolError,
@@ -129,6 +134,9 @@ class MeshClient:
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
         self._link: NodeLink | None = None
+        # Links to draining nodes: no new calls go there, but the calls
+        # they took are still answered there; closed once they are gone.
+        self._retired: list[NodeLink] = []
         self._switching = asyncio.Lock()
         self._choice = NodeChoice(self._addresses)
         self._open = False
@@ -219,8 +227,9 @@ class MeshClient:
         """Close the connection; calls still waiting fail with PeerUnavailable."""
         self._open = False
         link, self._link = self._link, None
-        if link is not None:
-            await link.aclose()
+        retired, self._retired = self._retired, []
+        for old in [*retired, *([] if link is None else [link])]:
+            await old.aclose()
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -404,7 +413,15 @@ class MeshClient:
                 sends += 1
                 tried[link.address] = exc.message
                 self._choice.found_down(link.address, loop.time(), exc.message)
+                if isinstance(exc, Draining):
+                    self._retire(link)
                 log.info("%s on %s lost (%s); failing over", method, link.address, exc.message)
+
+    def _retire(self, link: NodeLink) -> None:
+        """``link``'s node is draining: new calls go elsewhere; its open calls stay."""
+        if self._link is link:
+            self._link = None
+            self._retired.append(link)
 
     async def _relink(self, tried: dict[str, str]) -> NodeLink:
         """A live link to a node ``tried`` does not name: the one in use, or a new one."""
@@ -423,6 +440,10 @@ class MeshClient:
             if link is not None:
                 self._link = None
                 await link.aclose()
+            # Drained nodes have closed their side by now: let their links go.
+            for old in [old for old in self._retired if not old.alive]:
+                self._retired.remove(old)
+                await old.aclose()
             return await self._switch(tried, connecting=False)
 
     async def _switch(self, tried: dict[str, str], *, connecting: bool) -> NodeLink:

@@ -454,6 +454,23 @@ class Membership:
         )
         return [MemberSuspected(name, reason)]
 
+    def left(self, name: str, id: str, incarnation: int, *, now: float) -> list[Event]:
+        """``name`` said it leaves (a drained node's ``leaving``): DEAD at once, not suspect.
+
+        Only the process we know may say so: another id or incarnation (a
+        stale goodbye, or one from before a restart) changes nothing.
+        """
+        known = self._members.get(name)
+        if known is None or known.state is MemberState.DEAD:
+            return []
+        if (known.id, known.incarnation) != (id, incarnation):
+            return []
+        reason = "left the mesh"
+        self._members[name] = replace(
+            known, state=MemberState.DEAD, state_since=now, connected=False, reason=reason
+        )
+        return [MemberDied(name, reason)]
+
     def tick(self, now: float) -> list[Event]:
         """Apply the timeouts; call it at :meth:`next_deadline` or every interval."""
         config = self.config

@@ -17,6 +17,7 @@ __all__ = [
     "Abort",
     "Action",
     "Cancel",
+    "GiveBack",
     "Handoff",
     "Job",
     "JobKey",
@@ -231,4 +232,25 @@ class Abort(Generic[P]):
     job: Job[P]
 
 
-Action = RunLocal[Any] | Reply | SendResult[Any] | Steal | Nudge | Handoff | Cancel | Abort[Any]
+@dataclass(frozen=True, slots=True)
+class GiveBack:
+    """Tell ``owner`` that we (draining) hand its request ``seq`` (``epoch``) back
+    unrun: it should requeue it at once rather than wait for our lease to end."""
+
+    owner: str
+    owner_id: str
+    seq: int
+    epoch: int
+
+
+Action = (
+    RunLocal[Any]
+    | Reply
+    | SendResult[Any]
+    | Steal
+    | Nudge
+    | Handoff
+    | Cancel
+    | Abort[Any]
+    | GiveBack
+)

@@ -211,6 +211,16 @@ class Ledger(Generic[P]):
         del self._held[key]
         return job
 
+    def held(self) -> list[Job[P]]:
+        """Every job this node holds for other owners (a draining node gives them back)."""
+        return list(self._held.values())
+
+    def give_up_all(self) -> list[tuple[int, Owned[P]]]:
+        """Answer and return every request still owned (a drain that ran out of time)."""
+        owned = list(self._owned.items())
+        self._owned.clear()
+        return owned
+
     def orphans(self, owner: str) -> list[Job[P]]:
         """Release and return every job held for ``owner`` (which died)."""
         jobs = [job for job in self._held.values() if job.owner == owner]

@@ -26,11 +26,20 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from mesh.core.policy.capacity import Placement, place
+from mesh.core.scheduling.draining import (
+    DrainClock,
+    abandoned,
+    drain_complete,
+    drain_grant,
+    drain_nudges,
+    refused,
+)
 from mesh.core.scheduling.estimates import Estimates
 from mesh.core.scheduling.jobs import (
     Abort,
     Action,
     Cancel,
+    GiveBack,
     Handoff,
     Job,
     JobKey,
@@ -84,6 +93,8 @@ class Scheduler(Generic[P]):
         )
         self._timers = Timers(self._timer_live)
         self.counters: Counter[str] = Counter()
+        # Set once the node drains (see mesh.core.scheduling.draining).
+        self.drain: DrainClock | None = None
 
     # --- what the node asks ---------------------------------------------------
 
@@ -209,6 +220,8 @@ class Scheduler(Generic[P]):
         Raises ModelNotFound when neither this node nor any peer holds ``model``.
         Ask :meth:`placement` first for whether it should stay in the mesh.
         """
+        if self.drain is not None:
+            raise refused(self.name)
         sha = self._models.get(model)
         if sha is None and not (self.config.steal and self.holders(model)):
             raise ModelNotFound(self._not_found(model))
@@ -322,8 +335,13 @@ class Scheduler(Generic[P]):
         if backoff_until is not None:
             self.counters["steals_empty"] += 1
             self._timers.add(backoff_until, TimerKind.BACKOFF, (victim, 0))
+        actions: list[Action] = []
         for job in taken:
-            if not self._ledger.is_ours(job.key):
+            if not self._ledger.is_ours(job.key) and self.drain is not None:
+                # A steal sent before we began draining: hand it straight back.
+                self.counters["given_back"] += 1
+                actions.append(GiveBack(job.owner, job.key[0], job.key[1], job.epoch))
+            elif not self._ledger.is_ours(job.key):
                 job.enqueued_at = now
                 self._ledger.hold(job)
                 self._queue(job)
@@ -331,7 +349,7 @@ class Scheduler(Generic[P]):
                 self._queues.push(job, front=True)  # old work: it goes before newer arrivals
             else:
                 self.counters["late_dropped"] += 1  # answered or taken back meanwhile
-        return self._after_change(now)
+        return actions + self._after_change(now)
 
     def steal_failed(self, victim: str, now: float) -> list[Action]:
         """Our :class:`Steal` got no answer (the victim errored or went away)."""
@@ -353,9 +371,14 @@ class Scheduler(Generic[P]):
         ]
         if not candidates:
             return [], []
-        granted = select_grant(
-            ask, candidates, self._estimates, self._peers.items(), self.config, now
-        )
+        if self.drain is not None:
+            granted = drain_grant(
+                ask, candidates, self._estimates, self._peers.items(), self.config, now
+            )
+        else:
+            granted = select_grant(
+                ask, candidates, self._estimates, self._peers.items(), self.config, now
+            )
         actions: list[Action] = []
         for job, thief_finish in granted:
             self._queues.leave(job)
@@ -380,6 +403,54 @@ class Scheduler(Generic[P]):
             return []
         self.counters["cancelled"] += 1
         return self._stop(job) + self._after_change(now)
+
+    # --- draining (the rules: mesh.core.scheduling.draining) --------------------
+
+    def start_drain(self, timeout_s: float, now: float) -> list[Action]:
+        """Drain: refuse new requests, steal nothing, give others' queued jobs
+        back, and hand queued work of our own to any peer that asks."""
+        if self.drain is not None:
+            return []
+        self.drain = DrainClock(now, timeout_s)
+        actions: list[Action] = []
+        for job in self._ledger.held():
+            if job.state is JobState.QUEUED:
+                self._ledger.release(job.key)
+                self._queues.leave(job)
+                self.counters["given_back"] += 1
+                actions.append(GiveBack(job.owner, job.key[0], job.key[1], job.epoch))
+        return actions + self._after_change(now)
+
+    def drained(self) -> bool:
+        """Whether a draining node may leave now: it owes and holds nothing."""
+        return self.drain is not None and drain_complete(
+            owned=len(self._ledger), queued=self.queued(), running=self.running()
+        )
+
+    def abandon(self, now: float) -> list[Action]:
+        """The drain ran out of time: answer what is still owned with Draining,
+        cancel what peers run for it, stop and give back what we run for others."""
+        timeout_s = 0.0 if self.drain is None else self.drain.timeout_s
+        actions: list[Action] = []
+        for seq, owned in self._ledger.give_up_all():
+            job = owned.job
+            self.counters["abandoned"] += 1
+            error = abandoned(self.name, job.request_id or str(seq), job.model, timeout_s)
+            actions += [*self._drop_everywhere(owned), Reply(seq, error)]
+        for job in self._ledger.held():
+            self._ledger.release(job.key)
+            actions += self._stop(job)
+            self.counters["given_back"] += 1
+            actions.append(GiveBack(job.owner, job.key[0], job.key[1], job.epoch))
+        return actions
+
+    def given_back(self, seq: int, epoch: int, holder: str, now: float) -> list[Action]:
+        """``holder`` (draining) handed our request ``seq`` back unrun: requeue it now."""
+        owned = self._ledger.away(seq, epoch)
+        if owned is None or owned.holder != holder:
+            return []  # answered, taken back already, or not that holder's to give
+        self._take_back(owned)
+        return self._after_change(now)
 
     # --- time -----------------------------------------------------------------
 
@@ -433,7 +504,8 @@ class Scheduler(Generic[P]):
 
     def _hungry(self) -> bool:
         return (
-            self.config.steal
+            self.drain is None
+            and self.config.steal
             and len(self._queues.running) < self.config.slots
             and not self._queues.total(self._models)
             and bool(self._models)
@@ -446,6 +518,10 @@ class Scheduler(Generic[P]):
     def _nudges(self, now: float) -> list[Action]:
         """Nudge idle peers that could finish what we have queued sooner."""
         waiting = self._queues.counts().keys()
+        if self.drain is not None:
+            names = drain_nudges(self._peers.items(), waiting, self.config, now)
+            self.counters["nudges_sent"] += len(names)
+            return [Nudge(name) for name in names]
         names = self._peers.to_nudge(waiting, self._queues.newest_first, self._estimates, now)
         self.counters["nudges_sent"] += len(names)
         return [Nudge(name) for name in names]

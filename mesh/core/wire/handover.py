@@ -11,6 +11,8 @@ Between peers of one mesh (over links that passed the mesh-key handshake):
   request moved on to ``holder``.
 * ``cancel(owner_id, seq)`` (owner → holder): the request is no longer wanted.
 * ``nudge(name)`` (loaded node → idle peer): come and steal.
+* ``giveback(owner_id, seq, epoch, holder)`` (draining holder → owner): the
+  request comes back unrun; requeue it now, not when the lease runs out.
 
 Everything here comes from the network, so each field is checked, and a
 :class:`~mesh.errors.BadRequest` names the field and what was expected.
@@ -31,11 +33,13 @@ from mesh.errors import BadRequest, MeshError, error_from_wire
 
 __all__ = [
     "CANCEL",
+    "GIVE_BACK",
     "HANDOFF",
     "MAX_GRANT",
     "NUDGE",
     "RESULT",
     "STEAL",
+    "GiveBackNotice",
     "Handoff",
     "Outcome",
     "ResultNotice",
@@ -43,6 +47,7 @@ __all__ = [
     "encode_grant",
     "encode_outcome",
     "parse_cancel",
+    "parse_giveback",
     "parse_grant",
     "parse_handoff",
     "parse_nudge",
@@ -55,6 +60,7 @@ RESULT = "result"
 HANDOFF = "handoff"
 CANCEL = "cancel"
 NUDGE = "nudge"
+GIVE_BACK = "giveback"
 # Jobs in one grant; a victim never sends more (SchedulerConfig caps it lower).
 MAX_GRANT = 4096
 _MAX_MOVES = 64
@@ -334,3 +340,28 @@ def parse_nudge(params: list[Any]) -> str:
     """A ``nudge`` notification, checked: the name of the node with work."""
     _params(NUDGE, params, 1)
     return _text("nudge: name", params[0])
+
+
+# --- giveback (a draining holder) ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GiveBackNotice:
+    """A checked ``giveback`` notification: ``holder`` hands request ``seq`` back."""
+
+    owner_id: str
+    seq: int
+    epoch: int
+    holder: str
+
+
+def parse_giveback(params: list[Any]) -> GiveBackNotice:
+    """A ``giveback`` notification, checked."""
+    _params(GIVE_BACK, params, 4)
+    owner_id, seq, epoch, holder = params
+    return GiveBackNotice(
+        owner_id=_text("giveback: owner_id", owner_id),
+        seq=_count("giveback: seq", seq, _MAX_SEQ),
+        epoch=_count("giveback: epoch", epoch, _MAX_SEQ),
+        holder=_text("giveback: holder", holder),
+    )
