@@ -19,6 +19,7 @@ this module only does the I/O around them:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh.config import MeshConfig, RpcConfig
-from mesh.core.membership.gossip import MemberState
+from mesh.core.membership.gossip import Holding, MemberState
 from mesh.core.membership.leaving import parse_leaving
 from mesh.core.membership.peers import (
     AddressLearned,
@@ -93,9 +94,13 @@ class MeshMembership:
         load: Callable[[], Load],
         on_load: Callable[[str, Load], None] | None = None,
         on_gone: Callable[[str], None] | None = None,
+        holding: Callable[[], Holding] | None = None,
+        on_holding: Callable[[str, Holding], None] | None = None,
     ) -> None:
         """``on_load(name, load)`` hears each peer's gossiped load; ``on_gone(name)``
-        hears of a peer that died or restarted (what it held is lost)."""
+        hears of a peer that died or restarted (what it held is lost).
+        ``holding()`` is what this node holds for others, told in its gossip;
+        ``on_holding(name, holding)`` hears what a live peer says it holds."""
         self.me = me
         self._config = config
         self._rpc = RpcConfig(
@@ -107,6 +112,8 @@ class MeshMembership:
         self._load = load
         self._on_load = on_load
         self._on_gone = on_gone
+        self._holding = holding
+        self._on_holding = on_holding
         self._view = Membership(
             self_name=me.name,
             self_id=me.id,
@@ -128,6 +135,11 @@ class MeshMembership:
         self.gossip_sent = 0
         # Bytes sent on links that have closed; live links count their own.
         self._closed_links_bytes = 0
+        # Connections peers opened to us, by member name, with the process id
+        # their gossip gave: any message on them is a sign of life.
+        self._accepted: dict[str, dict[RpcConnection, str]] = {}
+        # A dialer waiting out its back-off wakes when its event is set.
+        self._pokes: dict[tuple[str, int], asyncio.Event] = {}
 
     # --- what the node wires in -----------------------------------------------
 
@@ -210,6 +222,7 @@ class MeshMembership:
                         self._gossip_round()
                         next_round = max(next_round + interval, now)
                     else:
+                        self._pulse(now)
                         self._handle(self._view.tick(now))
             finally:
                 for client in list(self._links.values()):
@@ -219,10 +232,14 @@ class MeshMembership:
 
     def _gossip_round(self) -> None:
         now = self._now()
+        self._pulse(now)
         self._handle(self._view.tick(now))
         for name, (host, port) in list(self._advertised.items()):
             if name not in self._links:
                 self._want(host, port, static=False)
+        self._send_gossip(list(self._links.values()), now)
+
+    def _send_gossip(self, clients: list[RpcClient], now: float) -> None:
         me = self.me
         payload = Gossip(
             name=me.name,
@@ -234,10 +251,11 @@ class MeshMembership:
             mesh_id=me.mesh_id,
             load=self._load(),
             members=self._view.digest(now),
+            holding=None if self._holding is None else self._holding(),
         ).to_wire()
         # Encoded once for every peer: the same bytes go to all of them.
         data = encode_notification(GOSSIP, [payload], limit=self._rpc.max_message_bytes)
-        for client in list(self._links.values()):
+        for client in clients:
             if client.closed:
                 continue
             try:
@@ -268,13 +286,38 @@ class MeshMembership:
         if host is None:
             return  # not a TCP peer: nothing to dial back
         self._handle(self._view.heard_from(gossip, peer_host=host, now=self._now()))
-        if self._on_load is not None and gossip.name != self.me.name:
-            member = self._view.get(gossip.name)
-            if member is not None and member.state is MemberState.ALIVE:
+        if gossip.name == self.me.name:
+            return
+        member = self._view.get(gossip.name)
+        if member is not None and member.state is MemberState.ALIVE and member.id == gossip.id:
+            self._accepted.setdefault(gossip.name, {})[connection] = gossip.id
+            if self._on_load is not None:
                 self._on_load(gossip.name, gossip.load)
-        if gossip.name != self.me.name and gossip.name not in self._links:
-            # It reached us; make sure our gossip reaches it too.
-            self._want(host, gossip.rpc_port, static=False)
+            if self._on_holding is not None and gossip.holding is not None:
+                self._on_holding(gossip.name, gossip.holding)
+        if gossip.name not in self._links:
+            # It reached us: make sure our gossip reaches it too, now, not
+            # when our dialer's back-off from the partition runs out.
+            self._want(host, gossip.rpc_port, static=False, poke=True)
+
+    def _pulse(self, now: float) -> None:
+        """Tell the table of every peer that sent us anything since it last heard."""
+        loop_now = asyncio.get_running_loop().time()
+        for name in sorted({*self._accepted, *self._links}):
+            sources = self._accepted.get(name, {})
+            for connection in [c for c in sources if c.closed]:
+                del sources[connection]
+            if not sources:
+                self._accepted.pop(name, None)
+            heard = [(c.last_received, id_) for c, id_ in sources.items()]
+            link = self._links.get(name)
+            if link is not None and not link.closed:
+                heard.append((link.connection.last_received, str(link.hello.get("id"))))
+            for last, id_ in heard:
+                if last > float("-inf"):
+                    # Connections keep loop time; the table keeps ours.
+                    at = now - max(0.0, loop_now - last)
+                    self._handle(self._view.heard(name, id_, at=at, now=now))
 
     def on_leaving(self, connection: RpcConnection, params: list[Any]) -> None:
         """Take a ``leaving`` notification: a drained peer is gone now, not suspect."""
@@ -313,15 +356,27 @@ class MeshMembership:
                     # must not arrive as fresh news when a partition heals. Its
                     # dialer reconnects once the peer can be reached again.
                     link.connection.abort()
+                # And the connections it opened to us: its gossip sent into
+                # the partition is retransmitted by its kernel once the cable
+                # is back, and would revive it for a moment as if it spoke now
+                # (then kill it again 1.4 s later). Closed, they take nothing.
+                for connection in self._accepted.pop(event.name, {}):
+                    connection.abort()
                 self._gone(event.name)
             elif isinstance(event, MemberForgotten):
                 log.info("peer %s forgotten", event.name)
 
     # --- connections ------------------------------------------------------------
 
-    def _want(self, host: str, port: int, *, static: bool) -> None:
+    def _want(self, host: str, port: int, *, static: bool, poke: bool = False) -> None:
+        """Dial ``host:port`` unless a dialer is at it; ``poke`` cuts that
+        dialer's back-off short (the peer has just reached us)."""
         address = (host, port)
-        if address in self._dialing or self._tasks is None:
+        if address in self._dialing:
+            if poke and address in self._pokes:
+                self._pokes[address].set()
+            return
+        if self._tasks is None:
             return
         if self._refused_until.get(address, 0.0) > self._now():
             return
@@ -333,6 +388,7 @@ class MeshMembership:
         where = format_address(host, port)
         attempt = 0
         failing_since: float | None = None
+        poke = self._pokes[address] = asyncio.Event()
         try:
             while True:
                 name = await self._connect_once(host, port, where)
@@ -345,14 +401,19 @@ class MeshMembership:
                         and not self._still_wanted(address)
                     ):
                         return
-                    await asyncio.sleep(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)])
-                    attempt += 1
+                    poke.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_BACKOFF_S[min(attempt, len(_BACKOFF_S) - 1)]):
+                            await poke.wait()
+                    # Poked: the peer just reached us, so try again from the start.
+                    attempt = 0 if poke.is_set() else attempt + 1
                     continue
                 if name == "":
                     return  # ourselves, or a duplicate link
                 attempt, failing_since = 0, None
         finally:
             self._dialing.discard(address)
+            self._pokes.pop(address, None)
 
     def _still_wanted(self, address: tuple[str, int]) -> bool:
         """Whether mDNS still advertises ``address`` or its member is remembered."""
@@ -392,6 +453,9 @@ class MeshMembership:
         self._warn_once.forget(f"dial:{where}")
         self._names[(host, port)] = name
         self._links[name] = client
+        # Gossip at once on a new link: a peer back from a partition hears
+        # from us (and what we hold for it) now, not a round later.
+        self._send_gossip([client], self._now())
         try:
             await client.connection.wait_closed()
         finally:

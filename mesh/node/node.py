@@ -67,6 +67,7 @@ _WORK_COUNTERS = (
     "stolen_in",
     "stolen_out",
     "requeued",
+    "reclaimed",
     "expired",
     "cancelled",
     "late_dropped",
@@ -251,6 +252,8 @@ class Node:
             load=self._gossip_load,
             on_load=work.on_peer_load,
             on_gone=work.on_peer_gone,
+            holding=work.holding,
+            on_holding=work.on_peer_holding,
         )
         # Measured before anyone hears of us, so our first gossip already
         # tells peers how fast we are.

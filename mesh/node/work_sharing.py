@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mesh.config import Emulation
+from mesh.core.membership.gossip import Holding
 from mesh.core.membership.peers import Load
 from mesh.core.policy.capacity import Placement
 from mesh.core.scheduling.emulation import EmulatedDevice
@@ -234,10 +235,14 @@ class WorkSharing:
 
     # --- what peers send ----------------------------------------------------------
 
-    def on_steal(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+    def on_steal(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
         """``steal``: hand queued work to the thief that asks."""
         ask = parse_steal_ask(params)
         now = self._now()
+        if connection.closed:
+            # The reply could not reach the thief: hand it nothing rather
+            # than jobs that would wait out their lease in limbo.
+            return encode_grant([], self.scheduler.load_summary(now), now)
         jobs, actions = self.scheduler.grant(ask, now)
         reply = encode_grant(jobs, self.scheduler.load_summary(now), now)
         self._do(actions)
@@ -259,7 +264,9 @@ class WorkSharing:
         notice = self._parse(parse_handoff, params, connection)
         if notice is None or notice.owner_id != self.node_id:
             return
-        self.scheduler.handoff(notice.seq, notice.epoch, notice.holder, notice.lease_s, self._now())
+        self.scheduler.handoff(
+            notice.seq, notice.epoch, notice.holder, notice.lease_s, self._now(), notice.ask
+        )
         self._rearm()
 
     def on_cancel(self, connection: RpcConnection, params: list[Any]) -> None:
@@ -303,6 +310,14 @@ class WorkSharing:
         )
         self._do(self.scheduler.peer_update(name, peer, self._now()))
 
+    def on_peer_holding(self, name: str, holding: Holding) -> None:
+        """What a live peer says it holds (from its gossip): reconcile our grants."""
+        self._do(self.scheduler.reconcile(name, holding, self._now()))
+
+    def holding(self) -> Holding:
+        """What this node holds for other owners, for its gossip."""
+        return self.scheduler.holding()
+
     def on_peer_gone(self, name: str) -> None:
         """A peer died or restarted (from membership)."""
         self._do(self.scheduler.peer_lost(name, self._now()))
@@ -341,10 +356,11 @@ class WorkSharing:
             elif isinstance(action, Nudge):
                 self._notify(action.peer, NUDGE, [self.name])
             elif isinstance(action, Handoff):
+                params = [action.owner_id, action.seq, action.epoch, action.holder, action.lease_s]
                 self._notify(
                     action.owner,
                     HANDOFF,
-                    [action.owner_id, action.seq, action.epoch, action.holder, action.lease_s],
+                    params if action.ask is None else [*params, action.ask],
                 )
             elif isinstance(action, Cancel):
                 self._notify(action.holder, CANCEL, [action.key[0], action.key[1]])
@@ -469,8 +485,9 @@ class WorkSharing:
 
     async def _steal(self, action: Steal) -> None:
         connection = self._link(action.victim)
+        number = action.ask.ask
         if connection is None:
-            self._do(self.scheduler.steal_failed(action.victim, self._now()))
+            self._do(self.scheduler.steal_failed(action.victim, self._now(), number))
             return
         started = self._loop.time()
         try:
@@ -480,13 +497,19 @@ class WorkSharing:
             self._warn_once(
                 f"steal:{action.victim}", "steal from %s failed: %s", action.victim, exc
             )
-            self._do(self.scheduler.steal_failed(action.victim, self._now()))
+            self._do(self.scheduler.steal_failed(action.victim, self._now(), number))
             return
         took = self._loop.time() - started
         size = sum(job.size_bytes for job in jobs)
         self._do(
             self.scheduler.granted(
-                action.victim, jobs, load, took_s=took, reply_bytes=size, now=self._now()
+                action.victim,
+                jobs,
+                load,
+                took_s=took,
+                reply_bytes=size,
+                now=self._now(),
+                ask=number,
             )
         )
 

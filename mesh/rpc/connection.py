@@ -126,6 +126,9 @@ class RpcConnection(asyncio.Protocol):
         self.peer_host: str | None = None
         # Bytes handed to the transport, for figures such as gossip cost.
         self.bytes_sent = 0
+        # When the peer last sent us anything (loop time; -inf before it did):
+        # membership counts any message, not only gossip, as a sign of life.
+        self.last_received = float("-inf")
 
     @property
     def closed(self) -> bool:
@@ -150,6 +153,7 @@ class RpcConnection(asyncio.Protocol):
         transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
+        self.last_received = self._loop.time()
         try:
             self._framing.receive_data(data)
             while not self._closing:

@@ -20,6 +20,7 @@ from mesh.core.models.signatures import check_model_name
 from mesh.errors import BadRequest, ConfigError
 
 __all__ = [
+    "MAX_HELD",
     "MAX_MEMBERS",
     "MAX_MODELS",
     "MAX_SECONDS",
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_TEXT",
     "Gossip",
     "Hearsay",
+    "Holding",
     "Load",
     "MemberState",
     "ModelHolding",
@@ -41,6 +43,9 @@ MAX_MEMBERS = 1024
 MAX_SECONDS = 1e9
 MAX_SLOTS = 1_000_000
 _MAX_INCARNATION = 2**63 - 1
+# Requests one node may report holding for others (far above any queue cap).
+MAX_HELD = 65536
+_MAX_SEQ = 2**63 - 1
 
 # Hosts are IP addresses or DNS names (with an IPv6 zone after '%'). Anything
 # else, spaces and control characters above all, would end up in log lines.
@@ -129,6 +134,28 @@ class Hearsay:
 
 
 @dataclass(frozen=True, slots=True)
+class Holding:
+    """What a node holds for other owners, so that each owner can take back at
+    once what it believes is held there but is not (a lost grant reply, jobs
+    dropped by a holder that took their owner for dead).
+
+    ``asks``: every steal this node asked with a number up to ``asks`` is
+    settled (answered or given up; a late answer is dropped), so a grant for
+    such an ask is either listed in ``jobs`` or lost. ``jobs``: by owner id,
+    the ``(seq, epoch)`` of each request held (queued or running).
+    """
+
+    asks: int
+    jobs: Mapping[str, tuple[tuple[int, int], ...]]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "asks": self.asks,
+            "jobs": {owner: [list(pair) for pair in pairs] for owner, pairs in self.jobs.items()},
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Gossip:
     """What one node says about itself, and its view of the others.
 
@@ -145,10 +172,12 @@ class Gossip:
     mesh_id: str
     load: Load
     members: tuple[Hearsay, ...] = ()
+    # None from a node that does not report (an older version).
+    holding: Holding | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The single parameter of the ``gossip`` notification."""
-        return {
+        wire: dict[str, Any] = {
             "name": self.name,
             "id": self.id,
             "incarnation": self.incarnation,
@@ -159,6 +188,9 @@ class Gossip:
             "load": self.load.to_wire(),
             "members": [h.to_wire() for h in self.members],
         }
+        if self.holding is not None:
+            wire["holding"] = self.holding.to_wire()
+        return wire
 
 
 # --- parsing gossip --------------------------------------------------------------
@@ -190,7 +222,35 @@ def parse_gossip(params: list[Any]) -> Gossip:
         mesh_id=_text(_get(body, "mesh_id", ""), "mesh_id"),
         load=_load(_get(body, "load", "")),
         members=hearsay,
+        holding=None if body.get("holding") is None else _holding_report(body["holding"]),
     )
+
+
+def _holding_report(value: object) -> Holding:
+    body = _map(value, "holding")
+    asks = _int(_get(body, "asks", "holding."), "holding.asks", 0, _MAX_SEQ)
+    owners = _map(_get(body, "jobs", "holding."), "holding.jobs")
+    if len(owners) > MAX_MEMBERS:
+        raise BadRequest(
+            f"gossip: holding.jobs must name at most {MAX_MEMBERS} owners, got {len(owners)}"
+        )
+    jobs: dict[str, tuple[tuple[int, int], ...]] = {}
+    total = 0
+    for owner, raw in owners.items():
+        owner_id = _text(owner, "holding.jobs key")
+        path = f"holding.jobs[{_show(owner_id)}]"
+        pairs = _list(raw, path, MAX_HELD)
+        total += len(pairs)
+        if total > MAX_HELD:
+            raise BadRequest(f"gossip: holding.jobs must list at most {MAX_HELD} requests")
+        jobs[owner_id] = tuple(_seq_epoch(pair, f"{path}[{i}]") for i, pair in enumerate(pairs))
+    return Holding(asks=asks, jobs=jobs)
+
+
+def _seq_epoch(value: object, path: str) -> tuple[int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _bad(path, "a [seq, epoch] pair", value)
+    return _int(value[0], path + ".seq", 0, _MAX_SEQ), _int(value[1], path + ".epoch", 0, _MAX_SEQ)
 
 
 def _load(value: object) -> Load:

@@ -38,6 +38,10 @@ The rules:
 - **Direct gossip always wins**: it refutes suspicion (:class:`MemberRefuted`)
   and brings a DEAD member of the same incarnation back (a process that lived
   through a partition): :class:`MemberJoined` with ``rejoined=True``.
+- **Whatever it sends counts, not only gossip** (:meth:`Membership.heard`):
+  a member whose calls, answers or results still arrive stays ALIVE, and a
+  SUSPECT one is refuted, so a node busy after a partition heals is not
+  declared dead again while it answers. Only gossip brings back the DEAD.
 - **Hearsay never kills and never revives.** It refutes a SUSPECT member when
   another node heard from the same process after our suspicion began (the
   indirect probe of SWIM), and it keeps the silence timer of an ALIVE member
@@ -470,6 +474,30 @@ class Membership:
             known, state=MemberState.DEAD, state_since=now, connected=False, reason=reason
         )
         return [MemberDied(name, reason)]
+
+    def heard(self, name: str, id: str, *, at: float, now: float) -> list[Event]:
+        """Any message from the process ``id`` of ``name`` arrived ``at``, over
+        an authenticated connection: a call, an answer, a result, not only gossip.
+
+        A member that answers is alive: an ALIVE one stays so (its silence
+        timer restarts at ``at``), a SUSPECT one is refuted. A DEAD one needs
+        its gossip to come back (its load and address come with it), and
+        another process of the same name changes nothing.
+        """
+        known = self._members.get(name)
+        if known is None or known.id != id or known.state is MemberState.DEAD:
+            return []
+        if at <= known.last_heard or at > now:
+            return []
+        if known.state is MemberState.ALIVE:
+            self._members[name] = replace(known, last_heard=at)
+            return []
+        if at <= known.state_since:
+            return []  # from before the suspicion began: no news
+        self._members[name] = replace(
+            known, state=MemberState.ALIVE, state_since=now, last_heard=at, reason=""
+        )
+        return [MemberRefuted(name)]
 
     def tick(self, now: float) -> list[Event]:
         """Apply the timeouts; call it at :meth:`next_deadline` or every interval."""

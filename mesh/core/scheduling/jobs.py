@@ -150,9 +150,13 @@ class StealAsk:
     service_s: Mapping[str, float]
     rtt_s: float
     bandwidth_bps: float
+    # The thief's number for this ask (rising, one series per process), so
+    # that an owner can tell a grant the thief never got from one in flight
+    # (see mesh.core.scheduling.reconcile). None from older peers.
+    ask: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "thief": self.thief,
             "models": dict(self.models),
             "slots": self.slots,
@@ -162,6 +166,9 @@ class StealAsk:
             "rtt_s": self.rtt_s,
             "bandwidth_bps": self.bandwidth_bps,
         }
+        if self.ask is not None:
+            wire["ask"] = self.ask
+        return wire
 
 
 # --- actions ------------------------------------------------------------------
@@ -215,6 +222,8 @@ class Handoff:
     epoch: int
     holder: str
     lease_s: float
+    # The number of ``holder``'s steal ask that took it (None if unknown).
+    ask: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

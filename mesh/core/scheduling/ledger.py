@@ -35,6 +35,9 @@ class Owned(Generic[P]):
     job: Job[P]  # kept, payload and all, so the request can be taken back
     holder: str | None = None  # peer name; None while it is here
     lease_until: float | None = None
+    # The holder's steal ask that took it, when known: reconciliation
+    # (mesh.core.scheduling.reconcile) needs it to tell lost from in flight.
+    ask: int | None = None
 
 
 class Ledger(Generic[P]):
@@ -114,7 +117,7 @@ class Ledger(Generic[P]):
         """The records of requests ``holder`` holds for us."""
         return [owned for owned in self._owned.values() if owned.holder == holder]
 
-    def pass_on(self, job: Job[P], thief: str, lease_until: float) -> bool:
+    def pass_on(self, job: Job[P], thief: str, lease_until: float, ask: int | None = None) -> bool:
         """A thief took queued ``job`` from us: True when it is ours (now held by
         ``thief`` until ``lease_until``); False when it was another owner's
         (released here: that owner must be told who holds it now)."""
@@ -124,13 +127,17 @@ class Ledger(Generic[P]):
         # Queued here, it is its record's current job.
         owned = self.current(job.key[1], job.epoch)
         if owned is not None:
-            self.hand_to(owned, thief, lease_until)
+            self.hand_to(owned, thief, lease_until, ask)
         return True
 
-    def hand_to(self, owned: Owned[P], holder: str, lease_until: float) -> None:
-        """``holder`` now holds the request, until ``lease_until`` at the latest."""
+    def hand_to(
+        self, owned: Owned[P], holder: str, lease_until: float, ask: int | None = None
+    ) -> None:
+        """``holder`` now holds the request, until ``lease_until`` at the latest;
+        ``ask`` is the number of the holder's steal ask that took it, if known."""
         owned.holder = holder
         owned.lease_until = lease_until
+        owned.ask = ask
 
     def take_back(self, owned: Owned[P]) -> Job[P]:
         """Its holder failed us: a fresh job for it here under ``epoch + 1``."""
@@ -163,6 +170,7 @@ class Ledger(Generic[P]):
         owned.job = job
         owned.holder = None
         owned.lease_until = None
+        owned.ask = None
 
     def lease_ran_out(self, key: JobKey, epoch: int, now: float) -> Owned[P] | None:
         """The record whose holder's lease for ``key`` at ``epoch`` ended by ``now``."""
@@ -193,6 +201,10 @@ class Ledger(Generic[P]):
         return gone
 
     # --- others' ------------------------------------------------------------------
+
+    def holding(self, key: JobKey) -> Job[P] | None:
+        """The job of another owner held here under ``key``, if any."""
+        return self._held.get(key)
 
     def hold(self, job: Job[P]) -> None:
         """Keep another owner's ``job``, taken from a peer."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
 from mesh.core.policy.capacity import Placement, place
@@ -55,6 +56,7 @@ from mesh.core.scheduling.jobs import (
 )
 from mesh.core.scheduling.ledger import Ledger, Owned, lease_s, missed_deadline
 from mesh.core.scheduling.queues import Queues
+from mesh.core.scheduling.reconcile import Asks, Holding, missing, report
 from mesh.core.scheduling.stealing import Peers, movable, select_grant
 from mesh.core.scheduling.timers import Timer, TimerKind, Timers
 from mesh.errors import ModelNotFound
@@ -93,6 +95,7 @@ class Scheduler(Generic[P]):
         )
         self._timers = Timers(self._timer_live)
         self.counters: Counter[str] = Counter()
+        self._asks = Asks()  # our steal asks, numbered (see .reconcile)
         # Set once the node drains (see mesh.core.scheduling.draining).
         self.drain: DrainClock | None = None
 
@@ -283,11 +286,13 @@ class Scheduler(Generic[P]):
         self.counters["served_remote"] += 1
         return [Reply(seq)]
 
-    def handoff(self, seq: int, epoch: int, holder: str, lease_s: float, now: float) -> None:
-        """A holder passed our request on to ``holder``."""
+    def handoff(
+        self, seq: int, epoch: int, holder: str, lease_s: float, now: float, ask: int | None = None
+    ) -> None:
+        """A holder passed our request on to ``holder`` (for its steal ask ``ask``)."""
         owned = self._ledger.away(seq, epoch)
         if owned is not None:
-            self._ledger.hand_to(owned, holder, now + lease_s)
+            self._ledger.hand_to(owned, holder, now + lease_s, ask)
             self._timers.add(now + lease_s, TimerKind.LEASE, owned.job.key, epoch)
 
     # --- peers ------------------------------------------------------------------
@@ -326,9 +331,11 @@ class Scheduler(Generic[P]):
         took_s: float | None,
         reply_bytes: int,
         now: float,
+        ask: int | None = None,
     ) -> list[Action]:
-        """The answer to our :class:`Steal`: the jobs ``victim`` handed over."""
+        """The answer to our :class:`Steal` (numbered ``ask``): the jobs ``victim`` handed over."""
         taken = list(jobs)
+        self._asks.settle(victim, ask)
         backoff_until = self._peers.answered(
             victim, len(taken), victim_load, took_s=took_s, reply_bytes=reply_bytes, now=now
         )
@@ -342,18 +349,45 @@ class Scheduler(Generic[P]):
                 self.counters["given_back"] += 1
                 actions.append(GiveBack(job.owner, job.key[0], job.key[1], job.epoch))
             elif not self._ledger.is_ours(job.key):
-                job.enqueued_at = now
-                self._ledger.hold(job)
-                self._queue(job)
+                actions += self._hold(job, now)
             elif self._ledger.came_home(job):
                 self._queues.push(job, front=True)  # old work: it goes before newer arrivals
             else:
                 self.counters["late_dropped"] += 1  # answered or taken back meanwhile
         return actions + self._after_change(now)
 
-    def steal_failed(self, victim: str, now: float) -> list[Action]:
+    def steal_failed(self, victim: str, now: float, ask: int | None = None) -> list[Action]:
         """Our :class:`Steal` got no answer (the victim errored or went away)."""
-        return self.granted(victim, (), None, took_s=None, reply_bytes=0, now=now)
+        return self.granted(victim, (), None, took_s=None, reply_bytes=0, now=now, ask=ask)
+
+    def _hold(self, job: Job[P], now: float) -> list[Action]:
+        """Hold another owner's ``job``, counted once: a copy at an epoch we
+        already hold (or older) is a duplicate; a newer one replaces ours."""
+        ours = self._ledger.holding(job.key)
+        if ours is not None and ours.epoch >= job.epoch:
+            self.counters["late_dropped"] += 1
+            return []
+        actions = [] if ours is None else self._stop(ours)
+        job.enqueued_at = now
+        self._ledger.hold(job)
+        self._queue(job)
+        return actions
+
+    # --- reconciling grants (the rules: mesh.core.scheduling.reconcile) ------------
+
+    def holding(self) -> Holding:
+        """What we hold for other owners, and how far our steal asks are settled."""
+        return report(self._ledger.held(), self._asks.settled())
+
+    def reconcile(self, peer: str, holding: Holding, now: float) -> list[Action]:
+        """``peer`` reports what it holds: take back at once what we believe it
+        holds for us and it does not."""
+        listed = holding.jobs.get(self.node_id, ())
+        gone = missing(self._ledger.held_by(peer), listed, holding.asks)
+        for owned in gone:
+            self.counters["reclaimed"] += 1
+            self._take_back(owned)
+        return self._after_change(now) if gone else []
 
     # --- stealing: the victim's side --------------------------------------------
 
@@ -384,11 +418,11 @@ class Scheduler(Generic[P]):
             self._queues.leave(job)
             job.moves += 1
             lease = lease_s(self.config, thief_finish)
-            if self._ledger.pass_on(job, ask.thief, now + lease):
+            if self._ledger.pass_on(job, ask.thief, now + lease, ask.ask):
                 self._timers.add(now + lease, TimerKind.LEASE, job.key, job.epoch)
             else:
                 actions.append(
-                    Handoff(job.owner, job.key[0], job.key[1], job.epoch, ask.thief, lease)
+                    Handoff(job.owner, job.key[0], job.key[1], job.epoch, ask.thief, lease, ask.ask)
                 )
         jobs = [job for job, _ in granted]
         if jobs:
@@ -513,7 +547,8 @@ class Scheduler(Generic[P]):
 
     def _steal_from(self, victim: str, now: float) -> Steal:
         self.counters["steal_requests"] += 1
-        return self._peers.steal(victim, self.name, self.load_summary(now))
+        steal = self._peers.steal(victim, self.name, self.load_summary(now))
+        return replace(steal, ask=replace(steal.ask, ask=self._asks.open(victim)))
 
     def _nudges(self, now: float) -> list[Action]:
         """Nudge idle peers that could finish what we have queued sooner."""

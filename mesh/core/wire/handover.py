@@ -7,8 +7,9 @@ Between peers of one mesh (over links that passed the mesh-key handshake):
   "load": load}``, where each job is a map with the request and its inputs.
 * ``result(owner_id, seq, epoch, ran_on, outcome)`` (a notification, holder →
   owner): ``outcome`` is ``{"outputs": tensors}`` or ``{"error": [code, msg]}``.
-* ``handoff(owner_id, seq, epoch, holder, lease_s)`` (holder → owner): the
-  request moved on to ``holder``.
+* ``handoff(owner_id, seq, epoch, holder, lease_s[, ask])`` (holder → owner):
+  the request moved on to ``holder``, taken by its steal ask number ``ask``
+  (optional: reconciliation needs it, older nodes do not send it).
 * ``cancel(owner_id, seq)`` (owner → holder): the request is no longer wanted.
 * ``nudge(name)`` (loaded node → idle peer): come and steal.
 * ``giveback(owner_id, seq, epoch, holder)`` (draining holder → owner): the
@@ -90,6 +91,7 @@ class Handoff:
     epoch: int
     holder: str
     lease_s: float
+    ask: int | None = None
 
 
 # --- field checks ------------------------------------------------------------------
@@ -199,6 +201,8 @@ def parse_steal_ask(params: list[Any]) -> StealAsk:
         service_s=_service("steal ask: service_s", ask["service_s"]),
         rtt_s=_seconds("steal ask: rtt_s", ask["rtt_s"]),
         bandwidth_bps=float(bandwidth),
+        # Optional: older thieves do not number their asks.
+        ask=None if ask.get("ask") is None else _count("steal ask: ask", ask["ask"], _MAX_SEQ),
     )
 
 
@@ -319,14 +323,19 @@ def parse_result(params: list[Any]) -> ResultNotice:
 
 def parse_handoff(params: list[Any]) -> Handoff:
     """A ``handoff`` notification, checked."""
-    _params(HANDOFF, params, 5)
-    owner_id, seq, epoch, holder, lease_s = params
+    if len(params) not in (5, 6):  # the ask number is optional
+        raise BadRequest(
+            f"{HANDOFF} takes 5 parameters, got {len(params)} (or 6, with the steal ask's number)"
+        )
+    owner_id, seq, epoch, holder, lease_s = params[:5]
+    ask = params[5] if len(params) == 6 else None
     return Handoff(
         owner_id=_text("handoff: owner_id", owner_id),
         seq=_count("handoff: seq", seq, _MAX_SEQ),
         epoch=_count("handoff: epoch", epoch, _MAX_SEQ),
         holder=_text("handoff: holder", holder),
         lease_s=_seconds("handoff: lease_s", lease_s, positive=True),
+        ask=None if ask is None else _count("handoff: ask", ask, _MAX_SEQ),
     )
 
 
