@@ -37,14 +37,14 @@ from tests.helpers.sim import Arrival, Death, Network, NodeSpec, Scenario, Sim
 
 _SOAK = os.environ.get("MESH_SIM_EXAMPLES")
 SUITE = settings(
-    max_examples=int(_SOAK) if _SOAK else 120,
+    max_examples=int(_SOAK) if _SOAK else 200,
     derandomize=not _SOAK,
     database=None,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-OWNER_DEATHS = settings(SUITE, max_examples=int(_SOAK) if _SOAK else 80)
+OWNER_DEATHS = settings(SUITE, max_examples=int(_SOAK) if _SOAK else 120)
 
 
 def spans(low: float, high: float) -> st.SearchStrategy[tuple[float, float]]:
@@ -70,6 +70,7 @@ networks = st.builds(
     gossip_s=st.floats(0.01, 0.2),
     steal_timeout_s=st.floats(0.01, 1.0),
     service_jitter=st.floats(0.0, 0.5),
+    fifo=st.booleans(),
 )
 
 
@@ -133,6 +134,8 @@ def test_every_request_is_answered_once_whatever_the_network_does(scenario: Scen
         event("an owner died while peers held its jobs")
     if sim.counter("requeued"):
         event("a holder died or its lease ran out")
+    if sim.counter("reclaimed"):
+        event("an owner took back a grant its holder did not report")
     if sim.counter("late_dropped"):
         event("a late or duplicate result was dropped")
     if sim.runs_after_answer:

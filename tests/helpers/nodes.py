@@ -15,6 +15,7 @@ __all__ = [
     "SERVICE_MS",
     "converged",
     "counters",
+    "crash",
     "mesh_node_config",
     "mesh_of",
     "node_config",
@@ -56,11 +57,39 @@ async def running_node(config: NodeConfig | None = None) -> AsyncIterator[Node]:
     if task.done():
         ready.cancel()
         task.result()
+    _RUNS[node] = task
     try:
         yield node
     finally:
+        del _RUNS[node]
         node.stop()
-        await task
+        if not task.cancelled():  # crash() cancelled it, or it runs still
+            await task
+
+
+# The task running each node of running_node, so that crash() can end it.
+_RUNS: dict[Node, asyncio.Task[None]] = {}
+
+
+async def crash(node: Node) -> None:
+    """End ``node`` as SIGKILL would: every connection it has is reset at once,
+    without a word (no answer, no goodbye, nothing buffered sent), and it does
+    nothing more. Its peers learn of it only from their own connections.
+
+    Node.stop() would not do: the node then answers what it owes with an
+    error and closes its connections in order.
+    """
+    task = _RUNS[node]
+    server, membership = node._server, node._membership
+    if server is not None:
+        for connection in list(server._connections):
+            connection.abort()
+    if membership is not None:
+        for link in list(membership._links.values()):
+            link.connection.abort()
+    # Nothing of it runs after this turn of the loop.
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def mesh_node_config(

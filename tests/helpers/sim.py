@@ -37,10 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
+from mesh.core.membership.gossip import Holding
 from mesh.core.scheduling.jobs import (
     Abort,
     Action,
     Cancel,
+    GiveBack,
     Handoff,
     Job,
     JobKey,
@@ -84,6 +86,9 @@ class Network:
     gossip_s: float = 0.05
     steal_timeout_s: float = 5.0  # as work_sharing's
     service_jitter: float = 0.0  # a run takes its service time times 1 ± this
+    # In order per link (src → dst), as on one TCP connection; False lets
+    # any message overtake any other.
+    fifo: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +169,13 @@ class Sim:
         self._order = itertools.count()
         self._ids = itertools.count(1)
         self._runs: dict[tuple[str, JobKey, int], int] = {}  # running here → token
-        self._calls: dict[int, tuple[str, str, float]] = {}  # steal calls: thief, victim, sent
+        # Steal calls in flight: thief, victim, when sent, the ask's number.
+        self._calls: dict[int, tuple[str, str, float, int | None]] = {}
         self._arrived: dict[tuple[str, JobKey, int], float] = {}
         self._cancelled: dict[tuple[str, JobKey], float] = {}
         self._learned: dict[tuple[str, str], float] = {}  # (observer, dead) → when
         self._pending_arrivals = 0
+        self._link_free: dict[tuple[str, str], float] = {}  # FIFO: last arrival per link
         for a in self.names:
             for b in self.names:
                 if a != b:
@@ -345,7 +352,7 @@ class Sim:
         self._log(f"{name} dies")
         for token in [k for k in self._runs if k[0] == name]:
             del self._runs[token]
-        for call, (thief, _, _) in list(self._calls.items()):
+        for call, (thief, *_) in list(self._calls.items()):
             if thief == name:
                 del self._calls[call]
         for other in self.alive():
@@ -368,24 +375,27 @@ class Sim:
         self.knows_dead[name].add(gone)
         self._learned[(name, gone)] = self.t
         self._log(f"{name} learns {gone} died")
-        for call, (thief, victim, _) in list(self._calls.items()):
+        for call, (thief, victim, *_) in list(self._calls.items()):
             if thief == name and victim == gone:  # its connection closed: the call fails
-                del self._calls[call]
-                self.do(name, self.nodes[name].steal_failed(gone, self.now(name)))
+                self._steal_failed(call)
         self.do(name, self.nodes[name].peer_lost(gone, self.now(name)))
 
     def _gossip(self, name: str) -> None:
         if name in self.dead:
             return
-        load = self.nodes[name].load_summary(self.now(name))
+        s = self.nodes[name]
+        load, holding = s.load_summary(self.now(name)), s.holding()
         for other in self.names:
             if other != name:
-                self._send(name, other, partial(self._heard, other, name, load))
+                self._send(name, other, partial(self._heard, other, name, load, holding))
         if not self._settled():
             self._at(self.t + self.net.gossip_s, partial(self._gossip, name))
 
-    def _heard(self, name: str, peer: str, load: PeerLoad) -> None:
-        self.do(name, self.nodes[name].peer_update(peer, load, self.now(name)))
+    def _heard(self, name: str, peer: str, load: PeerLoad, holding: Holding) -> None:
+        """Gossip, as membership hands it on: the load, then what the peer holds."""
+        s = self.nodes[name]
+        self.do(name, s.peer_update(peer, load, self.now(name)))
+        self.do(name, s.reconcile(peer, holding, self.now(name)))
 
     # --- the network ---------------------------------------------------------------------------
 
@@ -400,6 +410,8 @@ class Sim:
         copies = 2 if duplicates and self.rng.random() < self.net.duplicate else 1
         for _ in range(copies):
             at = self.t + self.rng.uniform(*self.net.latency_s)
+            if self.net.fifo:
+                at = self._link_free[(src, dst)] = max(at, self._link_free.get((src, dst), 0.0))
             self._at(at, partial(self._deliver, src, dst, deliver))
 
     def _deliver(self, src: str, dst: str, deliver: Callable[[], None]) -> None:
@@ -430,6 +442,9 @@ class Sim:
             elif isinstance(action, Cancel):
                 c = action
                 self._send(name, c.holder, partial(self._on_cancel, c.holder, c.key))
+            elif isinstance(action, GiveBack):
+                g = action
+                self._send(name, g.owner, partial(self._on_give_back, g, name))
             elif isinstance(action, Abort):
                 token = (name, action.job.key, action.job.epoch)
                 if self._runs.pop(token, None) is None:
@@ -498,7 +513,12 @@ class Sim:
     def _on_handoff(self, h: Handoff) -> None:
         s = self.nodes[h.owner]
         if s.node_id == h.owner_id:
-            s.handoff(h.seq, h.epoch, h.holder, h.lease_s, self.now(h.owner))
+            s.handoff(h.seq, h.epoch, h.holder, h.lease_s, self.now(h.owner), h.ask)
+
+    def _on_give_back(self, g: GiveBack, holder: str) -> None:
+        s = self.nodes[g.owner]
+        if s.node_id == g.owner_id:
+            self.do(g.owner, s.given_back(g.seq, g.epoch, holder, self.now(g.owner)))
 
     def _on_cancel(self, name: str, key: JobKey) -> None:
         self._cancelled[(name, key)] = self.t
@@ -506,7 +526,7 @@ class Sim:
 
     def _steal(self, thief: str, victim: str, ask: StealAsk) -> None:
         call = next(self._ids)
-        self._calls[call] = (thief, victim, self.t)
+        self._calls[call] = (thief, victim, self.t, ask.ask)
         if victim in self.knows_dead[thief]:
             self._at(self.t, partial(self._steal_failed, call))
             return
@@ -516,8 +536,8 @@ class Sim:
     def _steal_failed(self, call: int) -> None:
         entry = self._calls.pop(call, None)
         if entry is not None:
-            thief, victim, _ = entry
-            self.do(thief, self.nodes[thief].steal_failed(victim, self.now(thief)))
+            thief, victim, _, number = entry
+            self.do(thief, self.nodes[thief].steal_failed(victim, self.now(thief), number))
 
     def _on_steal(self, call: int, thief: str, victim: str, ask: StealAsk) -> None:
         s, now = self.nodes[victim], self.now(victim)
@@ -558,6 +578,6 @@ class Sim:
         took = (self.t - entry[2]) * self.clocks[thief].rate
         size = sum(j.size_bytes for j in jobs)
         actions = self.nodes[thief].granted(
-            victim, jobs, load, took_s=took, reply_bytes=size, now=now
+            victim, jobs, load, took_s=took, reply_bytes=size, now=now, ask=entry[3]
         )
         self.do(thief, actions)
