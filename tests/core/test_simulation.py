@@ -20,7 +20,7 @@ and checks, along the way and at the end:
   ``runs_after_answer``), and its result is dropped at the owner.
 
 The suite's run is deterministic (derandomized, no example database) and
-bounded; ``MESH_SIM_EXAMPLES=5000 pytest tests/core/test_simulation.py``
+bounded; ``MESH_SIM_EXAMPLES=5000 pytest --timeout 0 tests/core/test_simulation.py``
 soaks with fresh random examples.
 """
 
