@@ -123,6 +123,9 @@ class MdnsDiscovery:
         self._seen: dict[str, Advert] = {}
         # Each instance name we complained about is logged once per kind of complaint.
         self._warn_once = WarnOnce(log)
+        # Another node answered for our name while we were still probing for it.
+        self._name_claimed = asyncio.Event()
+        self._registered = False
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         """Announce, browse and report until cancelled; then say goodbye.
@@ -186,13 +189,30 @@ class MdnsDiscovery:
 
     async def _register(self, zc: AsyncZeroconf, info: AsyncServiceInfo) -> Awaitable[object]:
         """Probe for our name, then start announcing; returns the announcement's awaitable."""
+        taken = NameTaken(
+            f"the node name {self._advert.name!r} is already taken on this network "
+            "(another node answered for it); choose another --name"
+        )
+        # zeroconf's probe (RFC 6762) asks with the unicast-response bit: where
+        # several responders share a host, and so port 5353, the holder's
+        # unicast answer may reach another socket than ours and the probe
+        # passes. Our browser, running meanwhile, may resolve the holder's
+        # record first: that settles it too, before we announce anything.
+        registering = asyncio.ensure_future(zc.async_register_service(info))
+        claimed = asyncio.ensure_future(self._name_claimed.wait())
         try:
-            announced = await zc.async_register_service(info)
+            await asyncio.wait([registering, claimed], return_when=asyncio.FIRST_COMPLETED)
+            if not registering.done():
+                raise taken  # claimed while we probe
+            announced = await registering
         except NonUniqueNameException:
-            raise NameTaken(
-                f"the node name {self._advert.name!r} is already taken on this network "
-                "(another node answered for it); choose another --name"
-            ) from None
+            raise taken from None
+        finally:
+            claimed.cancel()
+            if not registering.done():
+                registering.cancel()  # still probing: nothing is registered yet
+            await asyncio.wait([registering, claimed])
+        self._registered = True
         log.info(
             "mDNS: announcing %s (id %s) on %s, rpc port %d",
             self._advert.name,
@@ -273,6 +293,9 @@ class MdnsDiscovery:
     def _accept(self, name: str, advert: Advert) -> None:
         ours = self._advert
         if advert.name.lower() == ours.name.lower():
+            if advert.id != ours.id and not self._registered:
+                # It held the name before we registered it: the name is its.
+                self._name_claimed.set()
             if advert.id != ours.id:
                 self._report_once(
                     name,
