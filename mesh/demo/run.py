@@ -74,7 +74,7 @@ SERVICE_MS = 20.0
 GATEWAY_SLOTS = 32
 GATEWAY_SERVICE_MS = 20.0
 # The mesh finishes about 300 of the 450 digits within 1 s (less the
-# scheduler's 10% headroom), so the rest visibly goes to the gateway.
+# scheduler's 20% headroom), so the rest visibly goes to the gateway.
 DEFAULT_DEADLINE_MS = 1000.0
 _FORM_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 5.0
