@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from mesh.errors import AddressInUse, AddressUnavailable, ConfigError
 
-__all__ = ["Port", "bind_ports", "bind_tcp"]
+__all__ = ["Port", "bind_ports", "bind_tcp", "write_ready_file"]
 
 # As asyncio's and aiohttp's servers; they set it again when they start.
 _BACKLOG = 128
@@ -116,3 +119,14 @@ def _bind_error(exc: OSError, host: str, port: int, flag: str, host_flag: str) -
             "choose a port above 1023"
         )
     return ConfigError(f"cannot listen on {host}:{port} ({host_flag}, {flag}): {reason}")
+
+
+def write_ready_file(path: Path, info: Mapping[str, Any]) -> None:
+    """Write ``info`` as JSON to ``path`` once the process listens (``--ready-file``).
+
+    Written beside and renamed into place: a rename is atomic, so a watcher
+    never reads half a file.
+    """
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(json.dumps(dict(info)))
+    temporary.replace(path)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 from typing import Any
@@ -37,7 +36,7 @@ from mesh.core.wire.requests import InferRequest
 from mesh.errors import ConfigError, DeadlineExceeded, Draining, MeshError, Overloaded
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
-from mesh.listening import bind_tcp
+from mesh.listening import bind_tcp, write_ready_file
 from mesh.runtime.runtime import Runtime
 from mesh.service import Answer, EdgemeshServer, InferenceService
 
@@ -431,8 +430,5 @@ class Gateway:
         )
         if config.ready_file is not None:
             info = {"name": config.name, "host": config.host, "http_port": self.port}
-            temporary = config.ready_file.with_suffix(config.ready_file.suffix + ".tmp")
-            temporary.write_text(json.dumps(info))
-            # A rename is atomic: a watcher never reads half a file.
-            temporary.replace(config.ready_file)
+            write_ready_file(config.ready_file, info)
         self.ready.set()

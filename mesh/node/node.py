@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 import time
@@ -48,38 +47,20 @@ from mesh.core.wire.tensors import encode_tensors
 from mesh.errors import BadRequest, MeshError, ModelNotFound
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
-from mesh.listening import Port, bind_ports
+from mesh.listening import Port, bind_ports, write_ready_file
 from mesh.mdns import MdnsDiscovery, check_own_addresses
+from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
+from mesh.node.http_face import NodeHttpFace
 from mesh.node.membership import GOSSIP, MeshMembership, SelfInfo
 from mesh.node.routing import Fallback
 from mesh.node.work_sharing import WorkSharing
 from mesh.rpc import Methods, RpcConnection, RpcServer
 from mesh.runtime.runtime import Runtime
-from mesh.service import Answer, EdgemeshServer
+from mesh.service import Answer
 
 __all__ = ["Node"]
 
-# The scheduler's counters that status() always shows, zero or not.
-_WORK_COUNTERS = (
-    "served_local",
-    "served_remote",
-    "stolen_in",
-    "stolen_out",
-    "requeued",
-    "reclaimed",
-    "expired",
-    "cancelled",
-    "late_dropped",
-    "orphaned",
-    "steal_requests",
-    "steals_empty",
-    "nudges_sent",
-    "given_back",
-    "abandoned",
-)
-# Routing's counters (mesh.node.routing), likewise.
-_ROUTING_COUNTERS = ("offloaded", "served_by_gateway", "offload_failed", "refused")
 # A peer asked for a model's signature (for HTTP metadata) gets this long.
 _METADATA_TIMEOUT_S = 5.0
 
@@ -112,11 +93,9 @@ class Node:
         self._fallback: Fallback | None = None
         self._gateway: GatewayClient | None = None
         self._http: HttpServer | None = None
-        self._counters: Counter[str] = Counter()
-        self._errors: Counter[str] = Counter()
+        self._counters = RequestCounters()
         # The RPC socket, then the HTTP one with --http-port: bound by run() first.
         self._listeners: list[socket.socket] = []
-        self._in_flight = 0
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -267,7 +246,10 @@ class Node:
             await listening.wait()
             if config.http.port is not None:
                 self._http = HttpServer(
-                    _HttpFace(self), host=config.host, config=config.http, sock=self._listeners[1]
+                    NodeHttpFace(self),
+                    host=config.host,
+                    config=config.http,
+                    sock=self._listeners[1],
                 )
                 http_listening = asyncio.Event()
                 started.append(tasks.create_task(self._http.serve(http_listening)))
@@ -307,7 +289,7 @@ class Node:
             timeout_s=self.config.drain_timeout_s,
             work=work,
             server=self._server,
-            requests_in_flight=lambda: self._in_flight,
+            requests_in_flight=lambda: self._counters.in_flight,
             stopping=lambda: self.stopping,
             membership=self._membership,
             leaving=Leaving(self.config.name, self.id, self.incarnation),
@@ -379,10 +361,7 @@ class Node:
                 "rpc_port": port,
                 "http_port": self.http_port,
             }
-            temporary = config.ready_file.with_suffix(config.ready_file.suffix + ".tmp")
-            temporary.write_text(json.dumps(info))
-            # A rename is atomic: a watcher never reads half a file.
-            temporary.replace(config.ready_file)
+            write_ready_file(config.ready_file, info)
         self.ready.set()
 
     # --- methods -------------------------------------------------------------
@@ -470,14 +449,10 @@ class Node:
             "http": {"port": self.http_port},
             "gateway": None if self._gateway is None else self._gateway.status(),
             "routing": {} if self._fallback is None else self._fallback.status(),
-            "counters": {
-                "requests": self._counters["requests"],
-                "served": self._counters["served"],
-                "failed": self._counters["failed"],
-                "in_flight": self._in_flight,
-                "errors": dict(self._errors),
-                **self._work_counters(),
-            },
+            "counters": self._counters.to_status(
+                Counter() if self._work is None else self._work.scheduler.counters,
+                Counter() if self._fallback is None else self._fallback.counters,
+            ),
             "scheduler": {} if self._work is None else self._work.status(),
             "emulation": None
             if self.config.work.emulation is None
@@ -485,30 +460,17 @@ class Node:
             "steal_activity": {} if self._work is None else self._work.scheduler.peer_activity(),
         }
 
-    def _work_counters(self) -> dict[str, int]:
-        counters = Counter() if self._work is None else self._work.scheduler.counters
-        routing = Counter() if self._fallback is None else self._fallback.counters
-        return {
-            **{name: counters[name] for name in _WORK_COUNTERS},
-            **{name: routing[name] for name in _ROUTING_COUNTERS},
-        }
-
     async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
         try:
             request = parse_infer(params)
         except MeshError as exc:
-            self._count_failure(exc)
+            self._counters.refused(exc)
             raise
         answer = await self.infer(request)
         outputs = encode_tensors(answer.outputs)
         if request.detail:
             return {"outputs": outputs, "ran_on": answer.ran_on}
         return outputs
-
-    def _count_failure(self, exc: MeshError) -> None:
-        self._counters["requests"] += 1
-        self._counters["failed"] += 1
-        self._errors[exc.code] += 1
 
     # --- what both front ends (RPC and HTTP) serve -------------------------------
 
@@ -520,20 +482,10 @@ class Node:
             # Counted like any failure, but before routing: not even the
             # gateway gets a request a leaving node was sent.
             exc = refused(self.config.name)
-            self._count_failure(exc)
+            self._counters.refused(exc)
             raise exc
-        self._counters["requests"] += 1
-        self._in_flight += 1
-        try:
-            answer = await self._fallback.infer(request)
-        except MeshError as exc:
-            self._counters["failed"] += 1
-            self._errors[exc.code] += 1
-            raise
-        finally:
-            self._in_flight -= 1
-        self._counters["served"] += 1
-        return answer
+        with self._counters.routing():
+            return await self._fallback.infer(request)
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
         """V2 metadata of ``name``: ours, else a peer's that runs it, else the gateway's."""
@@ -553,22 +505,3 @@ class Node:
         if self._gateway is not None:
             return await self._gateway.model_metadata(name)
         raise ModelNotFound(f"no node in the mesh serves model '{name}'")
-
-
-class _HttpFace(EdgemeshServer):
-    """The node as the Open Inference Protocol sees it (an InferenceService).
-
-    Kept apart because the node's ``ready`` is its readiness event.
-    """
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def ready(self) -> bool:
-        return self._node.ready.is_set() and not (self._node.stopping or self._node.draining)
-
-    async def model_metadata(self, name: str) -> dict[str, Any]:
-        return await self._node.model_metadata(name)
-
-    async def infer(self, request: InferRequest) -> Answer:
-        return await self._node.infer(request)

@@ -1,0 +1,33 @@
+"""The node as the Open Inference Protocol server sees it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mesh.core.wire.requests import InferRequest
+from mesh.service import Answer, EdgemeshServer
+
+if TYPE_CHECKING:  # the node imports this module; only types flow back
+    from mesh.node.node import Node
+
+__all__ = ["NodeHttpFace"]
+
+
+class NodeHttpFace(EdgemeshServer):
+    """The node as the Open Inference Protocol sees it (an InferenceService).
+
+    Kept apart because the node's ``ready`` is its readiness event.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def ready(self) -> bool:
+        """Ready once listening, and no longer once stopping or draining."""
+        return self._node.ready.is_set() and not (self._node.stopping or self._node.draining)
+
+    async def model_metadata(self, name: str) -> dict[str, Any]:
+        return await self._node.model_metadata(name)
+
+    async def infer(self, request: InferRequest) -> Answer:
+        return await self._node.infer(request)
