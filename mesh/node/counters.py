@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from mesh.errors import MeshError
+from mesh.errors import InternalError, MeshError
 
 __all__ = ["ROUTING_COUNTERS", "WORK_COUNTERS", "RequestCounters"]
 
@@ -63,6 +63,11 @@ class RequestCounters:
             yield
         except MeshError as exc:
             self._failed(exc)
+            raise
+        except Exception:
+            # A bug: the client hears InternalError (the RPC and HTTP layers
+            # map it so), and so do the counters, or the identity would break.
+            self._failed(InternalError("unexpected error"))
             raise
         else:
             self.served += 1
