@@ -2,9 +2,10 @@
 
 The scheduler holds the rules; this module is the I/O around them. It turns
 ``infer`` calls into owned requests, runs jobs on the runtime (padded when the
-node emulates a device), and talks to peers over the links membership keeps:
-``steal`` calls, and ``result``, ``handoff``, ``cancel`` and ``nudge``
-notifications (see :mod:`mesh.core.wire.handover` and docs/PROTOCOL.md).
+node emulates a device; :mod:`mesh.node.local_runs`), and talks to peers over
+the links membership keeps: ``steal`` calls, and ``result``, ``handoff``,
+``cancel`` and ``nudge`` notifications (see :mod:`mesh.core.wire.handover`
+and docs/PROTOCOL.md).
 
 Every decision goes through :meth:`WorkSharing._do`, and every task it starts
 lives in the TaskGroup of :meth:`WorkSharing.run`.
@@ -14,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from mesh.config import Emulation
 from mesh.core.membership.gossip import Holding
@@ -34,7 +32,6 @@ from mesh.core.scheduling.jobs import (
     GiveBack,
     Handoff,
     Job,
-    JobKey,
     Nudge,
     PeerLoad,
     Reply,
@@ -66,8 +63,9 @@ from mesh.core.wire.handover import (
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import Draining, InternalError, MeshError
 from mesh.log_once import WarnOnce
+from mesh.node.local_runs import LocalRuns
 from mesh.rpc import RpcConnection
-from mesh.runtime.runtime import Runtime, RuntimeCall
+from mesh.runtime.runtime import Runtime
 from mesh.service import Answer
 
 __all__ = ["WorkSharing"]
@@ -77,10 +75,6 @@ log = logging.getLogger(__name__)
 # A steal is one round trip on a LAN; a victim that takes longer than this
 # is treated as having nothing for us (its lease logic covers the rest).
 _STEAL_TIMEOUT_S = 5.0
-# Shape used for a dynamic dimension in the warm-up calls, and how many
-# there are per model (the first one is cold and not counted).
-_WARMUP_DIM = 1
-_WARMUP_CALLS = 3
 
 
 class WorkSharing:
@@ -100,8 +94,10 @@ class WorkSharing:
         self.name = name
         self.node_id = node_id
         self._runtime = runtime
-        self._device = (
-            None if emulation is None else EmulatedDevice(emulation.service_s, config.slots)
+        self._runs = LocalRuns(
+            runtime=runtime,
+            device=None if emulation is None else EmulatedDevice(emulation.service_s, config.slots),
+            done=self._complete,
         )
         self._link = link
         models = {spec.name: spec.sha256 for spec in runtime.specs()}
@@ -111,10 +107,6 @@ class WorkSharing:
         self._loop = asyncio.get_running_loop()
         self._tasks: asyncio.TaskGroup | None = None
         self._pending: dict[int, asyncio.Future[Answer]] = {}
-        # Jobs running here: their runtime calls, and the pads of those done
-        # early on an emulated device.
-        self._calls: dict[JobKey, RuntimeCall] = {}
-        self._pads: dict[JobKey, asyncio.TimerHandle] = {}
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._warn_once = WarnOnce(log)
@@ -122,37 +114,9 @@ class WorkSharing:
     # --- lifecycle -------------------------------------------------------------
 
     async def warm_up(self) -> None:
-        """Run each model a few times, as a job would run, to measure its service time.
-
-        Peers weigh a node's share by this from its first gossip, so a fast
-        device is given more from the start rather than after a few calls.
-        The first call is cold (lazy initialisation) and not counted; of the
-        others the quickest is, as a device at work runs call after call
-        without the pauses a lone call meets. On an emulated device a call
-        is measured to when the device ends it, not to when this loop woke.
-        """
-        for spec in self._runtime.specs():
-            inputs = {
-                t.name: np.zeros(
-                    [d if isinstance(d, int) and d > 0 else _WARMUP_DIM for d in t.shape],
-                    dtype=t.dtype,
-                )
-                for t in spec.inputs
-            }
-            times: list[float] = []
-            for _ in range(_WARMUP_CALLS):
-                started = self._loop.time()
-                try:
-                    await self._runtime.infer(spec.name, inputs)
-                except MeshError as exc:
-                    log.info("no warm-up for %s: %s", spec.name, exc.message)
-                    break
-                end = self._emulated_end(started)
-                if end is not None:
-                    await asyncio.sleep(end - self._loop.time())
-                times.append((self._loop.time() if end is None else end) - started)
-            if len(times) > 1:
-                self.scheduler.observe_service(spec.name, min(times[1:]))
+        """Run each model a few times, as a job would run, to measure its
+        service time (see :meth:`LocalRuns.warm_up`)."""
+        await self._runs.warm_up(self.scheduler.observe_service)
 
     async def run(self) -> None:
         """Keep time for the scheduler and own every task work sharing starts."""
@@ -170,12 +134,7 @@ class WorkSharing:
                     self._do(self.scheduler.tick(self._now()))
             finally:
                 self._tasks = None
-                for call in self._calls.values():
-                    self._runtime.cancel(call)
-                for pad in self._pads.values():
-                    pad.cancel()
-                self._calls.clear()
-                self._pads.clear()
+                self._runs.stop_all()
                 for future in self._pending.values():
                     if not future.done():
                         # Stopped at once (a second signal): still a typed
@@ -344,7 +303,7 @@ class WorkSharing:
         """Carry out ``actions``; ``outcome`` is the result a plain Reply refers to."""
         for action in actions:
             if isinstance(action, RunLocal):
-                self._start(action.job)
+                self._runs.start(action.job)
             elif isinstance(action, Reply):
                 self._reply(action, outcome, ran_on)
             elif isinstance(action, SendResult):
@@ -365,7 +324,7 @@ class WorkSharing:
             elif isinstance(action, Cancel):
                 self._notify(action.holder, CANCEL, [action.key[0], action.key[1]])
             elif isinstance(action, Abort):
-                self._abort(action.job)
+                self._runs.abort(action.job)
             elif isinstance(action, GiveBack):
                 self._notify(
                     action.owner,
@@ -409,70 +368,13 @@ class WorkSharing:
         with contextlib.suppress(MeshError):
             connection.notify(method, params)
 
-    # --- running jobs here --------------------------------------------------------------
-
-    def _start(self, job: Job[Tensors]) -> None:
-        """Hand ``job`` to the runtime; :meth:`_ran` takes it from there.
-
-        A done-callback rather than a task per job: a job costs the event
-        loop one callback, which matters when a small model takes 20 µs.
-        """
-        try:
-            call = self._runtime.start(job.model, job.payload)
-        except MeshError as exc:
-            # Not from inside _do's loop: report it on the next turn.
-            self._loop.call_soon(self._complete, job, exc)
-            return
-        self._calls[job.key] = call
-        call.future.add_done_callback(functools.partial(self._ran, job, call))
-
-    def _ran(self, job: Job[Tensors], call: RuntimeCall, future: asyncio.Future[Tensors]) -> None:
-        if self._calls.get(job.key) is not call or future.cancelled():
-            return  # aborted: the scheduler already forgot it
-        error = future.exception()
-        outcome: Outcome
-        if error is None:
-            outcome = future.result()
-        elif isinstance(error, MeshError):
-            outcome = error
-        else:
-            log.error("model %s failed unexpectedly", job.model, exc_info=error)
-            outcome = InternalError(f"model '{job.model}' failed; see the node's log")
-        end = self._emulated_end(job.enqueued_at)
-        if end is not None:
-            self._pads[job.key] = self._loop.call_at(end, self._complete, job, outcome)
-            return
-        self._complete(job, outcome)
-
-    def _emulated_end(self, arrived: float) -> float | None:
-        """When an emulated device would end a call that arrived at ``arrived``;
-        None when the node emulates nothing or that time has already come."""
-        if self._device is None:
-            return None
-        end = self._device.finish_at(arrived)
-        return end if end > self._loop.time() else None
-
     def _complete(self, job: Job[Tensors], outcome: Outcome) -> None:
-        self._calls.pop(job.key, None)
-        self._pads.pop(job.key, None)
+        """A local run of ``job`` ended with ``outcome`` (from :class:`LocalRuns`)."""
         now = self._now()
         took = None
         if not isinstance(outcome, MeshError) and job.started_at is not None:
             took = now - job.started_at
         self._do(self.scheduler.finished(job, took_s=took, now=now), outcome=outcome)
-
-    def _abort(self, job: Job[Tensors]) -> None:
-        call = self._calls.pop(job.key, None)
-        if call is not None:
-            self._runtime.cancel(call)
-        pad = self._pads.pop(job.key, None)
-        if pad is not None:
-            pad.cancel()
-            if self._device is not None:
-                # An aborted run stops at once (the runtime terminates it),
-                # so the emulated device is free now, as the scheduler
-                # believes, not when the padded call would have ended.
-                self._device.release(pad.when(), self._loop.time())
 
     def _send_result(self, job: Job[Tensors], outcome: Outcome) -> None:
         self._notify(
