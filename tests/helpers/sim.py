@@ -25,6 +25,10 @@ id and what is left of its deadline, as the SDK does.
 Everything runs on one event clock (``t``, "true" time); the schedulers only
 ever see their own clock. No I/O, no asyncio, no wall clock: a scenario and
 its seed fix the whole run, so a failing case replays exactly.
+
+The scenario's types, the event clock and the network are in
+:mod:`tests.helpers.sim_network` (importable from here too); this module
+holds the nodes' part: the schedulers, the I/O played for them, the clients.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -57,68 +60,13 @@ from mesh.core.scheduling.jobs import (
 )
 from mesh.core.scheduling.scheduler import Scheduler
 from mesh.errors import DeadlineExceeded, MeshError
+from tests.helpers.sim_network import Arrival, Death, Network, NodeSpec, Scenario, SimNetwork
 
 __all__ = ["MODEL", "SERVICE_S", "Arrival", "Death", "Network", "NodeSpec", "Scenario", "Sim"]
 
 MODEL = "digits-small"
 SHA = "ab" * 32
 SERVICE_S = 0.01  # seconds per request on a speed-1 device
-
-
-@dataclass(frozen=True, slots=True)
-class NodeSpec:
-    """One node: its speed, slots, and clock (``offset_s + t * (1 + drift)``)."""
-
-    speed: float = 1.0
-    slots: int = 1
-    offset_s: float = 0.0
-    drift: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Network:
-    """How messages and deaths behave; each bound is ``(low, high)``, drawn uniformly."""
-
-    loss: float = 0.0  # chance a message is lost
-    duplicate: float = 0.0  # chance a notification or call request arrives twice
-    latency_s: tuple[float, float] = (0.0005, 0.0005)  # one way; a spread reorders
-    detect_s: tuple[float, float] = (0.05, 0.05)  # from a death to each peer's peer_lost
-    gossip_s: float = 0.05
-    steal_timeout_s: float = 5.0  # as work_sharing's
-    service_jitter: float = 0.0  # a run takes its service time times 1 ± this
-    # In order per link (src → dst), as on one TCP connection; False lets
-    # any message overtake any other.
-    fifo: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Arrival:
-    """``count`` client requests sent to node ``node`` at ``at``."""
-
-    at: float
-    node: int
-    count: int = 1
-    deadline_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Death:
-    """Node ``node`` dies at ``at`` (for good: SIGKILL)."""
-
-    node: int
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """Everything a run depends on; ``seed`` draws each message's fate."""
-
-    nodes: tuple[NodeSpec, ...]
-    arrivals: tuple[Arrival, ...]
-    deaths: tuple[Death, ...] = ()
-    network: Network = Network()
-    lease_min_s: float = 0.5
-    seed: int = 0
 
 
 @dataclass(slots=True)
@@ -132,41 +80,18 @@ class Request:
     answers: list[str] = field(default_factory=list)  # "ok" or an error code
 
 
-@dataclass(frozen=True, slots=True)
-class Clock:
-    offset_s: float
-    rate: float
-
-    def local(self, t: float) -> float:
-        return self.offset_s + t * self.rate
-
-    def true(self, local: float) -> float:
-        return (local - self.offset_s) / self.rate
-
-
-class Sim:
+class Sim(SimNetwork):
     """One run of a :class:`Scenario`; :meth:`run`, then :meth:`violations`."""
 
     def __init__(self, scenario: Scenario) -> None:
-        self.scenario = scenario
-        self.net = scenario.network
-        self.rng = random.Random(scenario.seed)
-        self.t = 0.0
-        self.names = [f"n{i}" for i in range(len(scenario.nodes))]
-        self.specs = dict(zip(self.names, scenario.nodes, strict=True))
-        self.clocks = {n: Clock(s.offset_s, 1.0 + s.drift) for n, s in self.specs.items()}
+        super().__init__(scenario)
         self.nodes = {n: self._scheduler(n, i) for i, n in enumerate(self.names)}
-        self.dead: dict[str, float] = {}
-        self.knows_dead: dict[str, set[str]] = {n: set() for n in self.names}
         self.requests: dict[str, Request] = {}
         self.owned_by: dict[tuple[str, int], str] = {}  # (owner id, seq) → rid
         self.replies: Counter[tuple[str, int]] = Counter()
-        self.trace: list[str] = []
         self.errors: list[str] = []  # invariants broken along the way
         self.starts: Counter[tuple[JobKey, int]] = Counter()  # (key, epoch) → runs started
         self.runs_after_answer = 0  # runs started after the client had its answer
-        self._events: list[tuple[float, int, Callable[[], None]]] = []
-        self._order = itertools.count()
         self._ids = itertools.count(1)
         self._runs: dict[tuple[str, JobKey, int], int] = {}  # running here → token
         # Steal calls in flight: thief, victim, when sent, the ask's number.
@@ -175,7 +100,6 @@ class Sim:
         self._cancelled: dict[tuple[str, JobKey], float] = {}
         self._learned: dict[tuple[str, str], float] = {}  # (observer, dead) → when
         self._pending_arrivals = 0
-        self._link_free: dict[tuple[str, str], float] = {}  # FIFO: last arrival per link
         for a in self.names:
             for b in self.names:
                 if a != b:
@@ -206,13 +130,6 @@ class Sim:
         return s
 
     # --- what a test reads ---------------------------------------------------------------------
-
-    def now(self, name: str) -> float:
-        """``name``'s clock now."""
-        return self.clocks[name].local(self.t)
-
-    def alive(self) -> list[str]:
-        return [n for n in self.names if n not in self.dead]
 
     def counter(self, name: str) -> int:
         return sum(s.counters[name] for s in self.nodes.values())
@@ -251,9 +168,6 @@ class Sim:
 
     # --- the clock -----------------------------------------------------------------------------
 
-    def _at(self, when: float, event: Callable[[], None]) -> None:
-        heapq.heappush(self._events, (when, next(self._order), event))
-
     def _step(self) -> None:
         """The next event or the next scheduler timer, whichever comes first."""
         timers = []
@@ -282,9 +196,6 @@ class Sim:
             for n, s in self.nodes.items()
             if n not in self.dead
         )
-
-    def _log(self, text: str) -> None:
-        self.trace.append(f"{self.t:9.4f} {text}")
 
     # --- clients -------------------------------------------------------------------------------
 
@@ -396,28 +307,6 @@ class Sim:
         s = self.nodes[name]
         self.do(name, s.peer_update(peer, load, self.now(name)))
         self.do(name, s.reconcile(peer, holding, self.now(name)))
-
-    # --- the network ---------------------------------------------------------------------------
-
-    def _send(
-        self, src: str, dst: str, deliver: Callable[[], None], *, duplicates: bool = True
-    ) -> None:
-        """A message from ``src`` to ``dst``: lost, late, or twice, as drawn."""
-        if dst in self.knows_dead[src]:
-            return  # no link any more: the node does not even try
-        if self.rng.random() < self.net.loss:
-            return
-        copies = 2 if duplicates and self.rng.random() < self.net.duplicate else 1
-        for _ in range(copies):
-            at = self.t + self.rng.uniform(*self.net.latency_s)
-            if self.net.fifo:
-                at = self._link_free[(src, dst)] = max(at, self._link_free.get((src, dst), 0.0))
-            self._at(at, partial(self._deliver, src, dst, deliver))
-
-    def _deliver(self, src: str, dst: str, deliver: Callable[[], None]) -> None:
-        if dst in self.dead or src in self.knows_dead[dst]:
-            return  # a closed connection delivers nothing more
-        deliver()
 
     # --- the node's part -----------------------------------------------------------------------
 
