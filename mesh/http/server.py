@@ -8,7 +8,10 @@ Every error answers with a JSON body ``{"error": message, "code": code}``:
 :attr:`MeshError.code <mesh.errors.MeshError.code>` of the failure
 (``"InvalidInput"``, ``"ModelNotFound"``, ...), so that a client can turn it
 back into an exception with :func:`mesh.errors.error_from_wire`. Errors that
-come from HTTP itself (no such route, wrong method) carry no ``code``.
+come from HTTP itself carry a code too: no such route (404) and a wrong
+method (405) are ``"MethodNotFound"`` (the HTTP face of a missing RPC
+method), a body over aiohttp's backstop is ``"MessageTooLarge"``, any other
+4xx is ``"BadRequest"``; "not ready" (503) is ``"PeerUnavailable"``.
 
 =====================================================  ======
 Failure                                                Status
@@ -44,8 +47,10 @@ from mesh.errors import (
     InvalidInput,
     MeshError,
     MessageTooLarge,
+    MethodNotFound,
     ModelNotFound,
     Overloaded,
+    PeerUnavailable,
     ProtocolError,
     RemoteError,
     TransportError,
@@ -110,7 +115,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _error(exc.status, _http_message(request, exc))
+        response = _error(exc.status, _http_message(request, exc), _http_code(exc))
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -118,6 +123,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         # A bug: the traceback goes to the log, never to the client.
         log.exception("bug while answering %s %s", request.method, request.path)
         return _error(500, "internal error", "InternalError")
+
+
+def _http_code(exc: web.HTTPException) -> str:
+    """The MeshError code of an error aiohttp raised itself (routing, limits)."""
+    if isinstance(exc, (web.HTTPNotFound, web.HTTPMethodNotAllowed)):
+        return MethodNotFound.code
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return MessageTooLarge.code
+    if exc.status < 500:
+        return BadRequest.code
+    return InternalError.code
 
 
 def _http_message(request: web.Request, exc: web.HTTPException) -> str:
@@ -132,13 +148,17 @@ def _http_message(request: web.Request, exc: web.HTTPException) -> str:
 # --- health and metadata -----------------------------------------------------------
 
 
+def _not_ready() -> web.Response:
+    return _error(503, "the server is not ready to serve requests", PeerUnavailable.code)
+
+
 async def _live(request: web.Request) -> web.Response:
     return _json({"live": True})
 
 
 async def _ready(request: web.Request) -> web.Response:
     if not request.app[_SERVICE].ready():
-        return _error(503, "the server is not ready to serve requests")
+        return _not_ready()
     return _json({"ready": True})
 
 
@@ -171,7 +191,7 @@ async def _model_metadata(request: web.Request) -> web.Response:
 
 async def _model_ready(request: web.Request) -> web.Response:
     if not request.app[_SERVICE].ready():
-        return _error(503, "the server is not ready to serve requests")
+        return _not_ready()
     metadata = await _metadata_of(request)
     return _json({"name": metadata["name"], "ready": True})
 
