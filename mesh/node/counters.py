@@ -1,13 +1,26 @@
 """A node's request counters, and the identities they keep.
 
 Every request that reaches :meth:`Node.infer` (RPC or HTTP) counts once in
-``requests`` and ends in exactly one of ``served`` or ``failed`` (by error
-code in ``errors``); while it is open it counts in ``in_flight``. So
-``requests == served + failed + in_flight`` at every moment.
+``requests`` and ends in exactly one of ``served``, ``failed`` (by error
+code in ``errors``) or ``client_gone`` (its call was cancelled: the client
+disconnected, or the node stopped, before an answer); while it is open it
+counts in ``in_flight``. So at every moment::
+
+    requests == served + failed + client_gone + in_flight
+
+``client_gone`` is the node's count of requests; the scheduler's own
+``cancelled`` (in :data:`WORK_COUNTERS`) counts jobs it dropped on a cancel,
+its own and those an owner withdrew from it, and is a different figure.
+
+Routing's counters (:data:`ROUTING_COUNTERS`, kept by
+:mod:`mesh.node.routing`) keep their own identity::
+
+    offloaded == served_by_gateway + offload_failed + offload_cancelled + offload_in_flight
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -36,7 +49,14 @@ WORK_COUNTERS = (
     "abandoned",
 )
 # Routing's counters (mesh.node.routing), likewise.
-ROUTING_COUNTERS = ("offloaded", "served_by_gateway", "offload_failed", "refused")
+ROUTING_COUNTERS = (
+    "offloaded",
+    "served_by_gateway",
+    "offload_failed",
+    "offload_cancelled",
+    "offload_in_flight",
+    "refused",
+)
 
 
 class RequestCounters:
@@ -46,6 +66,8 @@ class RequestCounters:
         self.requests = 0
         self.served = 0
         self.failed = 0
+        # Cancelled before an answer: neither served nor failed.
+        self.client_gone = 0
         self.in_flight = 0
         self.errors: Counter[str] = Counter()
 
@@ -56,7 +78,8 @@ class RequestCounters:
 
     @contextmanager
     def routing(self) -> Iterator[None]:
-        """Count the request routed inside the block: served, or failed with its code."""
+        """Count the request routed inside the block: served, failed with its code,
+        or (cancelled) client_gone."""
         self.requests += 1
         self.in_flight += 1
         try:
@@ -69,6 +92,10 @@ class RequestCounters:
             # map it so), and so do the counters, or the identity would break.
             self._failed(InternalError("unexpected error"))
             raise
+        except asyncio.CancelledError:
+            # Nobody hears an answer: not a failure the client was told of.
+            self.client_gone += 1
+            raise
         else:
             self.served += 1
         finally:
@@ -80,6 +107,7 @@ class RequestCounters:
             "requests": self.requests,
             "served": self.served,
             "failed": self.failed,
+            "client_gone": self.client_gone,
             "in_flight": self.in_flight,
             "errors": dict(self.errors),
             **{name: work.get(name, 0) for name in WORK_COUNTERS},

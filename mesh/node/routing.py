@@ -10,6 +10,7 @@ fails such calls fast, and each call is bounded by the request's deadline.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -91,9 +92,31 @@ class Fallback:
     async def _offload(
         self, gateway: Gateway, request: InferRequest, placement: Placement
     ) -> Answer:
-        self.counters["offloaded"] += 1
+        # Every offload ends in exactly one of served_by_gateway,
+        # offload_failed (any error, the client's own InvalidInput included)
+        # or offload_cancelled (the client left while the gateway worked),
+        # so offloaded = those three + offload_in_flight at every moment.
+        counters = self.counters
+        counters["offloaded"] += 1
+        counters["offload_in_flight"] += 1
+        outcome = "offload_failed"
         try:
-            outputs = await gateway.infer(
+            outputs = await self._call_gateway(gateway, request, placement)
+            outcome = "served_by_gateway"
+        except asyncio.CancelledError:
+            outcome = "offload_cancelled"
+            raise
+        finally:
+            counters["offload_in_flight"] -= 1
+            counters[outcome] += 1
+        return Answer(outputs, GATEWAY)
+
+    @staticmethod
+    async def _call_gateway(
+        gateway: Gateway, request: InferRequest, placement: Placement
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        try:
+            return await gateway.infer(
                 request.model,
                 request.inputs,
                 deadline_s=None if request.deadline_ms is None else request.deadline_ms / 1000,
@@ -102,7 +125,6 @@ class Fallback:
         except InvalidInput:
             raise  # the client's inputs, not the gateway's health
         except ModelNotFound:
-            self.counters["offload_failed"] += 1
             if placement.no_holder:
                 raise ModelNotFound(
                     f"{placement.reason}, and neither does the gateway at {gateway.url}"
@@ -111,7 +133,6 @@ class Fallback:
         except MeshError as exc:
             # Whatever went wrong at the gateway (down, circuit open, busy,
             # too slow), the client hears one thing: no capacity now, and why.
-            self.counters["offload_failed"] += 1
             if placement.no_holder:
                 raise Overloaded(
                     f"{placement.reason}, and the gateway cannot take it: {exc.message}"
@@ -120,8 +141,6 @@ class Fallback:
                 f"request for '{request.model}' refused: {placement.reason}, "
                 f"and the gateway cannot take it: {exc.message}"
             ) from None
-        self.counters["served_by_gateway"] += 1
-        return Answer(outputs, GATEWAY)
 
     def status(self) -> dict[str, Any]:
         """Routing figures for ``status()``."""
