@@ -273,6 +273,23 @@ class GatewayClient:
         outcome, _ = await self._check_ready()
         return judge(outcome, "probe") == "works"
 
+    async def check(self) -> tuple[bool, str]:
+        """Whether the gateway answers a health check, and a line for the log that says so.
+
+        For start-up: one short check (at most 2 s), outside the breaker.
+        """
+        outcome, reason = await self._check_ready()
+        if judge(outcome, "probe") == "works":
+            return True, f"gateway {self.url}: ready"
+        if outcome.status is not None:
+            what = f"is not ready ({reason})"
+        else:
+            what = f"did not answer ({reason})"
+        return False, (
+            f"gateway {self.url} {what}; requests the mesh cannot serve get "
+            "Overloaded until it does"
+        )
+
     async def _check_ready(self) -> tuple[Outcome, str]:
         """How a health check ended, and what to say if it did not pass."""
         session = self._require_session()

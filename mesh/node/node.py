@@ -263,12 +263,24 @@ class Node:
                 )
                 started.append(tasks.create_task(discovery.run()))
             self._announce(port)
+            if self._gateway is not None:
+                # Said, not waited for: a gateway that is down only costs
+                # requests the mesh cannot serve (issue 20).
+                started.append(tasks.create_task(self._check_gateway(self._gateway)))
             await self._until_asked()
             if self.draining and not self.stopping:
                 await self._drain_then_leave(work)
             log.info("node %s stopping", config.name)
             for task in started:
                 task.cancel()
+
+    async def _check_gateway(self, gateway: GatewayClient) -> None:
+        """Log once, at start, whether the ``--gateway`` URL answers."""
+        ok, line = await gateway.check()
+        if ok:
+            log.info("%s", line)
+        else:
+            log.warning("%s", line)
 
     async def _until_asked(self) -> None:
         """Wait for :meth:`stop` or :meth:`drain`."""
