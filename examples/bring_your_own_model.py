@@ -1,9 +1,13 @@
 """Serve your own ONNX model on edgemesh: drop it in a models directory, start a node, call it.
 
-    python examples/bring_your_own_model.py my-models/
+Needs the ``onnx`` package to build the model, which the node does not
+(``pip install -e '.[examples]'`` from a checkout, or ``pip install 'edgemesh[examples]'``)::
+
+    python examples/bring_your_own_model.py /tmp/my-models/
 
 1. builds a small ONNX model, ``affine`` (Y = X @ W + b, X float32 [N, 4]),
-   and writes it to ``my-models/affine.onnx``;
+   and writes it to ``/tmp/my-models/affine.onnx`` (by default
+   ``edgemesh-my-models/`` in the temp directory, so nothing lands in the checkout);
 2. starts ``edgemesh node --models my-models/`` on 127.0.0.1 (a free port,
    no mDNS, a fresh mesh key), exactly as you would by hand;
 3. calls the model with the SDK and checks the answer against numpy;
@@ -24,9 +28,6 @@ has the framework; the node only needs the ``.onnx`` file)::
     from skl2onnx import to_onnx
     Path("my-models/my-classifier.onnx").write_bytes(
         to_onnx(clf, X_train[:1].astype(np.float32)).SerializeToString())
-
-Building the model here needs the ``onnx`` package (``pip install onnx``, or
-the ``test`` extra); the node itself does not.
 """
 
 from __future__ import annotations
@@ -42,10 +43,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from mesh import MeshClient
+
+try:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+except ImportError:
+    sys.exit(
+        "bring_your_own_model.py needs the onnx package to build its model: "
+        "pip install -e '.[examples]' (or pip install 'edgemesh[examples]')"
+    )
 
 MODEL = "affine"
 READY_TIMEOUT_S = 60.0
@@ -148,7 +156,8 @@ if __name__ == "__main__":
         "models_dir",
         nargs="?",
         type=Path,
-        default=Path("my-models"),
-        help="directory to write the model into and serve (default: ./my-models)",
+        default=Path(tempfile.gettempdir()) / "edgemesh-my-models",
+        help="directory to write the model into and serve "
+        "(default: edgemesh-my-models in the temp directory)",
     )
     main(parser.parse_args().models_dir)
