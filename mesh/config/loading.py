@@ -7,6 +7,7 @@ reads ``EDGEMESH_<KEY>``; the gateway ``EDGEMESH_GATEWAY_<KEY>``.
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 from mesh.config.settings import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RPC_PORT,
     Emulation,
     FallbackConfig,
     GatewayClientConfig,
@@ -27,7 +29,7 @@ from mesh.config.settings import (
     RuntimeConfig,
     WorkConfig,
 )
-from mesh.core.wire.addresses import host_ip, parse_address
+from mesh.core.wire.addresses import default_node_name, host_ip, mdns_interfaces, parse_address
 from mesh.errors import ConfigError
 
 # --- resolving settings from file, environment and flags ----------------------
@@ -317,10 +319,13 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
             "max_in_flight_per_connection", defaults_rpc.max_in_flight_per_connection
         ),
     )
+    defaults = NodeConfig()
+    host = settings.get("host", defaults.host)
     defaults_mesh = MeshConfig()
     mesh = MeshConfig(
         mdns=settings.get("mdns", defaults_mesh.mdns),
-        interfaces=settings.get("interface") or None,
+        # Without --interface, mDNS follows --host: one address bound, one advertised.
+        interfaces=mdns_interfaces(host, settings.get("interface") or None),
         peers=settings.get("peer", ()),
         gossip_interval_s=settings.get("gossip_interval", defaults_mesh.gossip_interval_s),
         suspect_after_s=settings.get("suspect_after", defaults_mesh.suspect_after_s),
@@ -337,7 +342,6 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
     work = WorkConfig(
         slots=settings.get("slots"), steal=settings.get("steal", True), emulation=emulation
     )
-    defaults = NodeConfig()
     ready_file = settings.get("ready_file")
     gateway = None
     if "gateway" in settings:
@@ -345,10 +349,13 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
             url=settings["gateway"],
             timeout_s=settings.get("gateway_timeout", GatewayClientConfig.timeout_s),
         )
+    port = settings.get("port", defaults.port)
+    name = settings.get("name")
     return NodeConfig(
-        name=settings.get("name", defaults.name),
-        host=settings.get("host", defaults.host),
-        port=settings.get("port", defaults.port),
+        name=_default_node_name(port) if name is None else name,
+        name_from_host=name is None,
+        host=host,
+        port=port,
         mesh_key=mesh_key_from(key_file=settings.get("mesh_key_file"), environ=environ),
         runtime=runtime,
         rpc=rpc,
@@ -367,6 +374,14 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         log_format=settings.get("log_format", defaults.log_format),
         drain_timeout_s=settings.get("drain_timeout", defaults.drain_timeout_s),
     )
+
+
+def _default_node_name(port: int) -> str:
+    """The hostname, made unique by the port; with port 0 the node adds the port it binds."""
+    hostname = socket.gethostname()
+    if port == 0:
+        return hostname
+    return default_node_name(hostname, port, default_port=DEFAULT_RPC_PORT)
 
 
 # --- the gateway (`edgemesh gateway`) ---------------------------------------------

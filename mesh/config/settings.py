@@ -73,8 +73,10 @@ class MeshConfig:
     # Find peers on the LAN with mDNS. Off where multicast is blocked (Wi-Fi
     # client isolation, VLANs, containers); then use bootstrap peers.
     mdns: bool = True
-    # Interfaces (their IP addresses) mDNS binds to; None means all of them,
-    # the default for a real device. Tests and local demos use 127.0.0.1.
+    # Interfaces (their IP addresses) mDNS binds to and advertises; None means
+    # all of them, the default for a real device. Loaded settings without
+    # `interface` follow `host` (mesh.core.wire.addresses.mdns_interfaces):
+    # a node bound to 127.0.0.1 runs mDNS there, so a local mesh stays local.
     interfaces: tuple[str, ...] | None = None
     # Bootstrap peers, "HOST:PORT". One is enough: peers share what they know.
     peers: tuple[str, ...] = ()
@@ -166,6 +168,11 @@ class NodeConfig:
     """Everything one ``edgemesh node`` needs."""
 
     name: str = field(default_factory=socket.gethostname)
+    # True when no name was given: ``name`` is then the hostname on the
+    # default port, else hostname-PORT (see mesh.core.wire.addresses.
+    # default_node_name), the node says so as it starts, and with port 0
+    # it adds the port it bound to the hostname held here.
+    name_from_host: bool = False
     # All interfaces by default: a mesh node exists to be reached from the LAN.
     host: str = "0.0.0.0"
     port: int = DEFAULT_RPC_PORT

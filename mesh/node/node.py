@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import time
@@ -32,13 +33,14 @@ from collections import Counter
 from typing import Any
 
 from mesh._version import __version__
-from mesh.config import NodeConfig
+from mesh.config import DEFAULT_RPC_PORT, NodeConfig
 from mesh.core.membership.adverts import Advert
 from mesh.core.membership.leaving import LEAVING, Leaving
 from mesh.core.membership.peers import Load, ModelHolding
 from mesh.core.models.signatures import ModelSpec
 from mesh.core.scheduling.draining import refused
 from mesh.core.scheduling.jobs import SchedulerConfig
+from mesh.core.wire.addresses import default_node_name, mdns_interfaces
 from mesh.core.wire.auth import mesh_id
 from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
 from mesh.core.wire.oip import model_metadata
@@ -174,12 +176,30 @@ class Node:
 
     def _claim_addresses(self) -> None:
         config = self.config
-        if config.mesh.mdns and config.mesh.interfaces is not None:
-            check_own_addresses(config.mesh.interfaces)
+        interfaces = config.mesh.interfaces
+        # mDNS on --host's own address is checked by binding it, naming --host.
+        if (
+            config.mesh.mdns
+            and interfaces is not None
+            and interfaces != mdns_interfaces(config.host, None)
+        ):
+            check_own_addresses(interfaces)
         ports = [Port(config.port, "--port")]
         if config.http.port is not None:
             ports.append(Port(config.http.port, "--http-port"))
         self._listeners = bind_ports(config.host, ports)
+        self._name_by_port()
+
+    def _name_by_port(self) -> None:
+        """Say what a node given no name is called; with port 0, add the port it bound."""
+        config = self.config
+        if not config.name_from_host:
+            return
+        if config.port == 0:
+            bound = self._listeners[0].getsockname()[1]
+            name = default_node_name(config.name, bound, default_port=DEFAULT_RPC_PORT)
+            self.config = config = dataclasses.replace(config, name=name)
+        log.info("no --name given: calling this node %r", config.name)
 
     async def _serve(self) -> None:
         config = self.config

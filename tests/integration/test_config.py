@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,59 @@ def test_bad_work_sharing_settings_say_what_was_expected(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         load_node_config(flags, {})
+
+
+# --- a local mesh on one machine (issue 20) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "toml", "expected"),
+    [
+        # The README's own command: mDNS on loopback, advertising 127.0.0.1.
+        ({"host": "127.0.0.1"}, {}, "", ("127.0.0.1",)),
+        ({}, {"EDGEMESH_HOST": "127.0.0.1"}, "", ("127.0.0.1",)),
+        ({}, {}, 'host = "localhost"', ("127.0.0.1",)),
+        ({"host": "10.0.0.5"}, {}, "", ("10.0.0.5",)),
+        # Every address, as a real device: every interface.
+        ({}, {}, "", None),
+        ({"host": "0.0.0.0"}, {}, "", None),
+        # An interface given anywhere wins over the host.
+        ({"host": "127.0.0.1", "interface": ["10.0.0.5"]}, {}, "", ("10.0.0.5",)),
+        ({"host": "127.0.0.1"}, {"EDGEMESH_INTERFACE": "10.0.0.5"}, "", ("10.0.0.5",)),
+        ({"host": "0.0.0.0"}, {}, 'interface = ["127.0.0.1"]', ("127.0.0.1",)),
+    ],
+)
+def test_mdns_interfaces_follow_the_host(
+    tmp_path: Path,
+    flags: dict[str, object],
+    env: dict[str, str],
+    toml: str,
+    expected: tuple[str, ...] | None,
+) -> None:
+    config = load_node_config(flags, env, write(tmp_path / "node.toml", toml))
+    assert config.mesh.interfaces == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        ({}, {}, socket.gethostname()),
+        ({"port": "7700"}, {}, socket.gethostname()),
+        ({"port": "7701"}, {}, f"{socket.gethostname()}-7701"),
+        ({}, {"EDGEMESH_PORT": "7702"}, f"{socket.gethostname()}-7702"),
+        # Port 0: the node adds the port it binds, once it has one.
+        ({"port": "0"}, {}, socket.gethostname()),
+    ],
+)
+def test_a_node_given_no_name_is_named_by_host_and_port(
+    flags: dict[str, object], env: dict[str, str], expected: str
+) -> None:
+    config = load_node_config(flags, env)
+    assert (config.name, config.name_from_host) == (expected, True)
+
+
+def test_a_name_given_is_kept_whatever_the_port() -> None:
+    config = load_node_config({"port": "7701", "name": "kitchen-pi"}, {})
+    assert (config.name, config.name_from_host) == ("kitchen-pi", False)
+    from_env = load_node_config({"port": "7701"}, {"EDGEMESH_NAME": "garage"})
+    assert (from_env.name, from_env.name_from_host) == ("garage", False)

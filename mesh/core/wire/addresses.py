@@ -13,8 +13,10 @@ from typing import TypeAlias
 
 __all__ = [
     "Network",
+    "default_node_name",
     "format_address",
     "host_ip",
+    "mdns_interfaces",
     "network_of",
     "on_networks",
     "parse_address",
@@ -68,3 +70,51 @@ def on_networks(networks: Sequence[Network], address: str) -> bool:
     """Whether ``address`` lies in one of ``networks`` (so we can reach it from there)."""
     ip = ipaddress.ip_address(address)
     return any(ip in network for network in networks)
+
+
+# --- where a node is heard, and what it is called when no name is given ---------
+
+# The one host name every machine resolves to loopback (RFC 6761), so it can
+# be told apart without asking the resolver.
+_LOCALHOST = "localhost"
+
+
+def mdns_interfaces(host: str, interfaces: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The addresses mDNS runs on (and advertises) for a node listening on ``host``.
+
+    Interfaces the user gave always win. Otherwise a node listening on every
+    address (``0.0.0.0``, ``::``) uses every interface (None), and a node
+    bound to one address uses that address alone: peers could reach it at no
+    other, and ``--host 127.0.0.1`` must make a mesh of this machine only.
+    ``localhost`` counts as ``127.0.0.1``; any other host name is not looked
+    up (that is I/O), so it keeps every interface, and ``--interface`` says
+    which to use.
+    """
+    if interfaces is not None:
+        return tuple(interfaces)
+    text = host.strip().strip("[]")
+    if text.lower() == _LOCALHOST:
+        return ("127.0.0.1",)
+    try:
+        return (host_ip(text),)
+    except ValueError:
+        return None  # unspecified (every address), or a host name
+
+
+# A node name is one DNS label (the mDNS instance name): at most 63 bytes.
+_MAX_NAME_BYTES = 63
+
+
+def default_node_name(hostname: str, port: int, *, default_port: int) -> str:
+    """What a node is called when no name is given: unique per node on one machine.
+
+    The hostname on ``default_port``, else ``hostname-PORT``: two nodes on
+    one machine cannot share a port, so they never share a name either. The
+    hostname is shortened where needed to keep the name one DNS label.
+    """
+    base = hostname.strip() or "edgemesh"
+    suffix = "" if port == default_port else f"-{port}"
+    room = _MAX_NAME_BYTES - len(suffix)
+    while len(base.encode()) > room:
+        base = base[:-1]
+    return base + suffix
