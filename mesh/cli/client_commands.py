@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from mesh.config import DEFAULT_RPC_PORT, mesh_key_from
-from mesh.errors import InvalidInput
+from mesh.errors import ConfigError, InvalidInput, ModelNotFound
 from mesh.sdk.client import Inference, MeshClient, ModelInfo
 
-__all__ = ["add_client_commands", "format_table", "load_inputs"]
+__all__ = ["add_client_commands", "format_table", "load_inputs", "status_text"]
 
 
 def add_client_commands(commands: Any) -> None:
@@ -43,7 +43,14 @@ def add_client_commands(commands: Any) -> None:
         help="a .npy file for input NAME (NAME may be left out for one-input models), "
         "or a .npz file whose arrays are named after the inputs (repeatable)",
     )
-    infer.add_argument("--deadline", type=float, metavar="SECONDS", help="give up after this")
+    infer.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="the mesh's time for this request: it hands to the gateway what it cannot finish "
+        "in time, and gives up with DeadlineExceeded once it passes (default: none; the node's "
+        "--default-deadline-ms judges gateway hand-overs)",
+    )
     infer.add_argument("--json", action="store_true", help="print the outputs as JSON")
     infer.set_defaults(command="infer", handler=_cmd_infer)
 
@@ -83,7 +90,13 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
         "--mesh-key-file", metavar="FILE", help="the mesh key (or set EDGEMESH_MESH_KEY)"
     )
     parser.add_argument(
-        "--timeout", type=float, default=30.0, metavar="SECONDS", help="wait this long"
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long this command waits for the node's answer, failovers included, "
+        "before giving up with RpcTimeout (default: 30; for infer, at least --deadline "
+        "plus 1 s); unlike --deadline, the mesh never sees it",
     )
 
 
@@ -91,6 +104,7 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> MeshClient:
+    _check_seconds("--timeout", args.timeout)
     key = mesh_key_from(key_file=args.mesh_key_file, environ=environ)
     return MeshClient(args.node, mesh_key=key, timeout=args.timeout)
 
@@ -146,43 +160,85 @@ def _cmd_status(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
+    print(status_text(status))
+    return 0
+
+
+def status_text(status: Mapping[str, Any]) -> str:
+    """``status()`` for people: the node, its queue, its counters, then one row per peer."""
     counters = status.get("counters", {})
     rows: list[list[object]] = [
         ["name", status.get("name")],
         ["id", status.get("id")],
         ["version", status.get("version")],
-        ["mesh", f"{status.get('mesh_id')} ({'key' if status.get('auth') else 'OPEN'})"],
+        ["mesh", _mesh_text(status)],
         ["models", ", ".join(status.get("models", []))],
         ["uptime", f"{status.get('uptime_s', 0):.1f} s"],
         ["http", (status.get("http") or {}).get("port") or "off"],
         ["gateway", _gateway_text(status.get("gateway"))],
+        *_queue_rows(status.get("scheduler") or {}),
         *[[f"counters.{k}", v] for k, v in counters.items()],
     ]
-    print(format_table(["field", "value"], rows))
+    parts = [format_table(["field", "value"], rows), ""]
     peers = status.get("peers", [])
-    print()
     if not peers:
-        print("no peers known")
-        return 0
-    print(
+        parts.append("no peers known")
+        return "\n".join(parts)
+    activity = status.get("steal_activity") or {}
+    header = ["peer", "state", "address", "models", "queued s", "free"]
+    header += ["stolen out", "stolen in", "rtt ms", "heard"]
+    parts.append(
         format_table(
-            ["peer", "id", "address", "state", "models", "queued s", "free", "heard"],
+            header,
             [
                 [
                     p.get("name"),
-                    p.get("id"),
-                    p.get("address"),
                     p.get("state"),
+                    p.get("address"),
                     ", ".join(p.get("models", [])),
                     f"{p.get('queued_s', 0):.3f}",
                     p.get("free_slots", ""),
+                    *_steal_cells(activity.get(p.get("name")) or {}),
                     f"{p.get('last_heard_s', 0):.1f} s ago",
                 ]
                 for p in peers
             ],
         )
     )
-    return 0
+    parts.append("stolen out: our requests this peer took to run; stolen in: its requests we took")
+    return "\n".join(parts)
+
+
+def _mesh_text(status: Mapping[str, Any]) -> str:
+    if status.get("auth"):
+        return f"{status.get('mesh_id')} (mesh key required)"
+    return "open: no mesh key, anyone who can reach this node may use it"
+
+
+def _queue_rows(scheduler: Mapping[str, Any]) -> list[list[object]]:
+    """The scheduler's queue as rows; none for a node not serving yet."""
+    if not scheduler:
+        return []
+    wait = scheduler.get("wait_ms")
+    return [
+        ["queue.queued", scheduler.get("queued")],
+        ["queue.running", scheduler.get("running")],
+        ["queue.free_slots", f"{scheduler.get('free_slots')} of {scheduler.get('slots')}"],
+        ["queue.wait", "" if wait is None else f"{wait:.1f} ms"],
+        ["queue.stealing", "on" if scheduler.get("stealing") else "off (--no-steal)"],
+    ]
+
+
+def _steal_cells(activity: Mapping[str, Any]) -> list[object]:
+    """Stolen out, stolen in and round-trip time with one peer (blank before any exchange)."""
+    if not activity:
+        return ["", "", ""]
+    rtt = activity.get("rtt_ms")
+    return [
+        activity.get("stolen_by_peer", 0),
+        activity.get("stolen_from_peer", 0),
+        "" if rtt is None else f"{rtt:.1f}",
+    ]
 
 
 def _gateway_text(gateway: dict[str, Any] | None) -> str:
@@ -194,10 +250,23 @@ def _gateway_text(gateway: dict[str, Any] | None) -> str:
     return text
 
 
+def _check_seconds(flag: str, value: float | None) -> None:
+    """ConfigError naming ``flag`` unless ``value`` is None or a positive number of seconds."""
+    if value is not None and not value > 0:
+        raise ConfigError(f"{flag} must be a positive number of seconds, got {value:g}")
+
+
 def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # Checked before any connection: a deadline already passed would
+    # otherwise surface as a DeadlineExceeded about a failover never made.
+    _check_seconds("--deadline", args.deadline)
+
     async def run() -> Inference:
         async with _client(args, environ) as client:
-            inputs = load_inputs(args.input, await client.models(), args.model)
+            models = await client.models()
+            if _needs_signature(args.input) and not any(m.name == args.model for m in models):
+                models = await _models_elsewhere(client, args, environ)
+            inputs = load_inputs(args.input, models, args.model)
             return await client.infer(args.model, inputs, deadline=args.deadline)
 
     outputs = asyncio.run(run())
@@ -218,6 +287,65 @@ def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _needs_signature(specs: Sequence[str]) -> bool:
+    """Whether some ``--input`` leaves its input's name to be found in the model's signature."""
+    return any("=" not in spec and not spec.endswith(".npz") for spec in specs)
+
+
+async def _models_elsewhere(
+    client: MeshClient, args: argparse.Namespace, environ: Mapping[str, str]
+) -> list[ModelInfo]:
+    """The models of a live peer that holds ``args.model``, when the node asked has not got it.
+
+    ModelNotFound, listing what the mesh has, when no peer holds it and the
+    node has no gateway to ask: the node would say the same, and a guess at
+    input names must not hide it. With a gateway, nothing is known here of
+    the gateway's models: an empty list (load_inputs then asks for NAME=).
+    """
+    status = await client.status()
+    peers = [p for p in status.get("peers", []) if p.get("state") == "alive"]
+    holders = [p for p in peers if args.model in p.get("models", [])]
+    if holders:
+        key = mesh_key_from(key_file=args.mesh_key_file, environ=environ)
+        async with MeshClient(holders[0]["address"], mesh_key=key, timeout=args.timeout) as peer:
+            return await peer.models()
+    if status.get("gateway"):
+        return []
+    known = {*status.get("models", []), *(m for p in peers for m in p.get("models", []))}
+    available = ", ".join(f"'{m}'" for m in sorted(known)) or "none"
+    raise ModelNotFound(
+        f"no node in the mesh serves model '{args.model}'; available models: {available}"
+    )
+
+
+# What every .npy and .npz file starts with (a .npz is a zip archive).
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _load_array_file(path: Path) -> Any:
+    """``np.load`` of a .npy or .npz file; InvalidInput for anything else, never unpickled."""
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
+        # np.load would suggest allow_pickle, which would run the file's code.
+        raise InvalidInput(
+            f"{path} is not a .npy or .npz file; write inputs with numpy: "
+            "np.save('x.npy', array) or np.savez('x.npz', NAME=array)"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        if "allow_pickle" in str(exc):
+            raise InvalidInput(
+                f"{path} holds Python objects, which edgemesh never unpickles; save a numeric array"
+            ) from None
+        raise InvalidInput(f"cannot read {path} as .npy or .npz: {exc}") from None
+
+
 def load_inputs(
     specs: Sequence[str], models: Sequence[ModelInfo], model: str
 ) -> dict[str, np.ndarray[Any, Any]]:
@@ -228,21 +356,22 @@ def load_inputs(
         if not sep:
             name, path_text = "", spec
         path = Path(path_text)
-        try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(f"cannot read {path} as .npy or .npz: {exc}") from None
+        loaded = _load_array_file(path)
         if isinstance(loaded, np.lib.npyio.NpzFile):
             with loaded:
                 inputs.update({key: loaded[key] for key in loaded.files})
             continue
         if not name:
             info = next((m for m in models if m.name == model), None)
-            if info is None or len(info.inputs) != 1:
+            if info is None:
+                raise InvalidInput(
+                    f"say which input {path} is for: --input NAME={path} (model {model!r} "
+                    "is served by neither this node nor its peers: its inputs are not known here)"
+                )
+            if len(info.inputs) != 1:
                 raise InvalidInput(
                     f"say which input {path} is for: --input NAME={path} "
-                    f"(model {model!r} has inputs "
-                    f"{[t.name for t in info.inputs] if info else 'unknown'})"
+                    f"(model {model!r} has inputs {[t.name for t in info.inputs]})"
                 )
             name = info.inputs[0].name
         inputs[name] = loaded

@@ -147,7 +147,8 @@ def add_node_command(commands: Any) -> None:
     node.add_argument(
         "--ready-file",
         metavar="FILE",
-        help="write {name, id, host, rpc_port} as JSON here once listening",
+        help="write {name, id, host, rpc_port, http_port} as JSON here once listening "
+        "(http_port: null without --http-port)",
     )
     add_drain_flag(node)
     add_log_flags(node)

@@ -161,17 +161,40 @@ def _interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops the demo the way Ctrl-C does: through the cleanup."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+@dataclass
+class _StopSignals:
+    """Whether Ctrl-C or SIGTERM came while the demo ran.
+
+    Ctrl-C at a terminal reaches the whole process group: the children stop
+    by themselves too, and the demo may see one gone ("exited with 130",
+    "cannot connect") before its own KeyboardInterrupt. Such an error is
+    the interruption, and is said as one.
+    """
+
+    seen: bool = False
+
+    @contextlib.contextmanager
+    def raising(self) -> Iterator[None]:
+        """Both signals raise KeyboardInterrupt inside the block, and are remembered."""
+
+        def stop(_signum: int, _frame: Any) -> None:
+            self.seen = True
+            raise KeyboardInterrupt
+
+        with _on_stop_signals(stop):
+            yield
+
+    @contextlib.contextmanager
+    def noted(self) -> Iterator[None]:
+        """Both signals are only remembered inside the block: around ``asyncio.run``,
+        whose loop takes them over once running, an exception raised while the
+        loop is made or closed would leave it half done (and say so on stderr)."""
+
+        def note(_signum: int, _frame: Any) -> None:
+            self.seen = True
+
+        with _on_stop_signals(note):
+            yield
 
 
 # --- the burst ------------------------------------------------------------------
@@ -322,6 +345,54 @@ async def _drive(
     return formed, statuses
 
 
+async def _drive_until_stopped(
+    stop: _StopSignals,
+    fleet: _Fleet,
+    pixels: np.ndarray[Any, Any],
+    deadline: float,
+    burst: _Burst,
+) -> tuple[float, dict[str, dict[str, Any]]] | None:
+    """:func:`_drive`, or None once Ctrl-C or SIGTERM stopped it.
+
+    The loop takes both signals: a KeyboardInterrupt raised between two
+    awaits would leave tasks whose exception nobody retrieves, each a
+    traceback on the user's terminal.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_stop() -> None:
+        stop.seen = True
+        task.cancel()
+
+    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    in_main = threading.current_thread() is threading.main_thread()
+    for signum in _STOP_SIGNALS if in_main else ():
+        loop.add_signal_handler(signum, on_stop)
+    try:
+        if stop.seen:  # noted before the loop took the signals over
+            return None
+        return await _drive(fleet, pixels, deadline, burst)
+    except asyncio.CancelledError:
+        if not stop.seen:
+            raise
+        task.uncancel()
+        return None
+    except MeshError:
+        # A child stopped by the same Ctrl-C, seen first (see _StopSignals).
+        if not stop.seen:
+            raise
+        if task.cancelling():
+            task.uncancel()
+        return None
+    finally:
+        for signum, before in previous.items() if in_main else ():
+            loop.remove_signal_handler(signum)
+            # remove_signal_handler restores the default, not what was there.
+            signal.signal(signum, before)
+
+
 # --- the report -----------------------------------------------------------------
 
 
@@ -358,8 +429,13 @@ def _report(
         print(f"  {line}")
     # Said in the table's own words: the counters are the nodes', not the demo's guesses.
     print("  stolen in: taken from a busier node's queue and run here; stolen away: hand-overs")
-    print("  to a thief (a request may move twice); the gateway got what the mesh could not")
-    print("  finish within the deadline. Devices are emulated: real model, padded calls.")
+    if gateway:
+        print("  to a thief (a request may move twice); the gateway got what the mesh could not")
+        print("  finish within the deadline. Devices are emulated: real model, padded calls.")
+    else:
+        print("  to a thief (a request may move twice); what the mesh could not finish within")
+        print("  the deadline was refused (no gateway). Devices are emulated: real model, padded")
+        print("  calls.")
     print()
     entry = statuses[DEVICES[0].name]["counters"]
     answered = sum(burst.ran_on.values())
@@ -413,8 +489,9 @@ def run_demo(
     print(f"edgemesh demo: {len(DEVICES)} emulated devices on 127.0.0.1, real handwritten digits")
     started = time.perf_counter()
     codes: dict[str, int] = {}
+    stop_signals = _StopSignals()
     try:
-        with _sigterm_as_ctrl_c():
+        with stop_signals.raising():
             try:
                 # Said inside the try: a Ctrl-C the moment this line shows
                 # must still go through the cleanup below.
@@ -422,12 +499,21 @@ def run_demo(
                 print(f"  starting nodes {names}{starting}", flush=True)
                 fleet.start(gateway)
                 print(f"  all started in {time.perf_counter() - started:.1f} s", flush=True)
-                formed, statuses = asyncio.run(_drive(fleet, pixels, deadline_ms / 1000, burst))
+                with stop_signals.noted():
+                    driven = asyncio.run(
+                        _drive_until_stopped(stop_signals, fleet, pixels, deadline_ms / 1000, burst)
+                    )
+                if driven is None or stop_signals.seen:
+                    raise KeyboardInterrupt
+                formed, statuses = driven
             finally:
                 codes = fleet.stop()
     except KeyboardInterrupt:
-        print("\nedgemesh demo: interrupted; every process it started is stopped", file=sys.stderr)
-        return 130
+        return _interrupted()
+    except MeshError:
+        if stop_signals.seen:
+            return _interrupted()
+        raise
     finally:
         if own_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -437,6 +523,14 @@ def run_demo(
     )
     print()
     return _verdict(burst, accuracy, manifest_accuracy if samples is None else None, gateway, codes)
+
+
+def _interrupted() -> int:
+    """Say, in one line, that the demo was stopped; the exit status of Ctrl-C."""
+    # On a terminal the progress bar (or the echoed ^C) still holds the line.
+    prefix = "\n" if sys.stderr.isatty() else ""
+    print(f"{prefix}edgemesh demo: interrupted; every process stopped", file=sys.stderr)
+    return 130
 
 
 def _verdict(

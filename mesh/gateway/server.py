@@ -418,9 +418,11 @@ class Gateway:
 
     def _announce(self, serving: str) -> None:
         config = self.config
+        # "gateway gateway listening" under the default name reads as a typo.
+        who = "gateway" if config.name == "gateway" else f"gateway {config.name}"
         log.info(
-            "gateway %s listening on http://%s:%d, serving %s%s",
-            config.name,
+            "%s listening on http://%s:%d, serving %s%s",
+            who,
             config.host,
             self.port,
             serving,

@@ -107,8 +107,9 @@ def select_model_files(cands: list[ModelFile], names: tuple[str, ...] | None) ->
     if unknown:
         available = ", ".join(f"'{n}'" for n in sorted(by_name)) or "none"
         raise ConfigError(
-            f"runtime.model_names lists {', '.join(repr(n) for n in unknown)}, which"
-            f" no model directory has; available models: {available}"
+            # Said as the flag a user typed (TOML key `model`, EDGEMESH_MODEL).
+            f"--model {', '.join(repr(n) for n in unknown)}: no model directory has it"
+            f" (see --models); available models: {available}"
         )
     return [by_name[n] for n in dict.fromkeys(names)]
 

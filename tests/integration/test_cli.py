@@ -169,3 +169,15 @@ def test_a_group_of_several_errors_is_not_hidden() -> None:
     assert sole_mesh_error(ExceptionGroup("bug", [ValueError("x")])) is None
     nested = BaseExceptionGroup("outer", [ExceptionGroup("inner", [NameTaken("n")])])
     assert isinstance(sole_mesh_error(nested), NameTaken)
+
+
+def test_status_text_says_an_open_mesh_once_and_clearly() -> None:
+    from mesh.cli.client_commands import status_text
+
+    text = status_text({"name": "n", "mesh_id": "open", "auth": False, "peers": []})
+    mesh_row = next(line for line in text.splitlines() if line.startswith("mesh "))
+    assert mesh_row.split(None, 1)[1] == (
+        "open: no mesh key, anyone who can reach this node may use it"
+    )
+    assert "OPEN" not in text
+    assert text.endswith("no peers known")

@@ -127,6 +127,9 @@ def test_without_a_gateway_the_overflow_is_refused(
     assert refused is not None, result.stdout
     assert answered + int(refused.group(1)) == 300
     assert "this node has no cloud gateway" in result.stdout
+    # The legend speaks of the run that happened: no gateway got anything.
+    assert "the gateway got" not in result.stdout
+    assert "the deadline was refused (no gateway)" in result.stdout
     assert_nothing_left(tmp_path)
 
 
@@ -167,4 +170,39 @@ def test_interrupted_it_stops_every_process(
         demo.wait()
     assert demo.returncode == 130, stderr
     assert "interrupted" in stderr
+    assert_nothing_left(tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["all started", "sending"], ids=["forming", "mid-burst"])
+def test_ctrl_c_at_a_terminal_stops_everything_in_one_line(tmp_path: Path, stage: str) -> None:
+    """Ctrl-C at a terminal signals the whole foreground process group: the demo
+    and every process it started at once, so the children may be gone before
+    the demo hears of it. It must still say one line and exit 130."""
+    demo = subprocess.Popen(
+        demo_command(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Its own process group, as a shell gives a foreground job.
+        process_group=0,
+    )
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 60
+        seen = []
+        # Bounded: the demo prints each stage's line as it reaches it.
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            seen.append(line)
+            if not line or stage in line:
+                break
+        assert stage in seen[-1], "".join(seen)
+        os.killpg(demo.pid, signal.SIGINT)
+        _, stderr = demo.communicate(timeout=20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
+    assert demo.returncode == 130, stderr
+    assert stderr == "edgemesh demo: interrupted; every process stopped\n"
     assert_nothing_left(tmp_path)
