@@ -17,7 +17,6 @@ SIGKILL) even on Ctrl-C, SIGTERM or an error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import shutil
 import signal
@@ -28,7 +27,7 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from mesh.demo.processes import (
     stop_processes,
     wait_ready,
 )
+from mesh.demo.stopping import STOP_SIGNALS, StopSignals, ctrl_c_ignored, interrupts_deferred
 from mesh.errors import ConfigError, MeshError, PeerUnavailable, ProtocolError
 from mesh.sdk.client import MeshClient
 
@@ -78,7 +78,6 @@ GATEWAY_SERVICE_MS = 20.0
 DEFAULT_DEADLINE_MS = 1000.0
 _FORM_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 5.0
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -92,7 +91,7 @@ class _Fleet:
 
     def start(self, gateway: bool) -> None:
         """Start every process at once, then wait until each listens."""
-        with _interrupts_deferred():
+        with interrupts_deferred():
             self._spawn_all(gateway)
         for name, process in self.processes.items():
             key = "http_port" if name == "gateway" else "rpc_port"
@@ -123,78 +122,9 @@ class _Fleet:
 
     def stop(self) -> dict[str, int]:
         """Stop every process; their exit statuses by name."""
-        with _ctrl_c_ignored():
+        with ctrl_c_ignored():
             codes = stop_processes(list(self.processes.values()), _STOP_TIMEOUT_S)
         return dict(zip(self.processes, codes, strict=True))
-
-
-@contextlib.contextmanager
-def _on_stop_signals(handler: Any) -> Iterator[None]:
-    """Ctrl-C and SIGTERM go to ``handler`` inside the block (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.signal(signum, handler) for signum in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
-
-
-def _ctrl_c_ignored() -> contextlib.AbstractContextManager[None]:
-    """A second Ctrl-C (or SIGTERM) must not cut the bounded cleanup short."""
-    return _on_stop_signals(signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C while a process is spawned takes effect once it is on the books.
-
-    Raised inside ``Popen``, KeyboardInterrupt would lose a child that
-    already runs, and nothing would stop it.
-    """
-    caught: list[int] = []
-    with _on_stop_signals(lambda signum, _frame: caught.append(signum)):
-        yield
-    if caught:
-        raise KeyboardInterrupt
-
-
-@dataclass
-class _StopSignals:
-    """Whether Ctrl-C or SIGTERM came while the demo ran.
-
-    Ctrl-C at a terminal reaches the whole process group: the children stop
-    by themselves too, and the demo may see one gone ("exited with 130",
-    "cannot connect") before its own KeyboardInterrupt. Such an error is
-    the interruption, and is said as one.
-    """
-
-    seen: bool = False
-
-    @contextlib.contextmanager
-    def raising(self) -> Iterator[None]:
-        """Both signals raise KeyboardInterrupt inside the block, and are remembered."""
-
-        def stop(_signum: int, _frame: Any) -> None:
-            self.seen = True
-            raise KeyboardInterrupt
-
-        with _on_stop_signals(stop):
-            yield
-
-    @contextlib.contextmanager
-    def noted(self) -> Iterator[None]:
-        """Both signals are only remembered inside the block: around ``asyncio.run``,
-        whose loop takes them over once running, an exception raised while the
-        loop is made or closed would leave it half done (and say so on stderr)."""
-
-        def note(_signum: int, _frame: Any) -> None:
-            self.seen = True
-
-        with _on_stop_signals(note):
-            yield
 
 
 # --- the burst ------------------------------------------------------------------
@@ -346,7 +276,7 @@ async def _drive(
 
 
 async def _drive_until_stopped(
-    stop: _StopSignals,
+    stop: StopSignals,
     fleet: _Fleet,
     pixels: np.ndarray[Any, Any],
     deadline: float,
@@ -366,9 +296,9 @@ async def _drive_until_stopped(
         stop.seen = True
         task.cancel()
 
-    previous = {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     in_main = threading.current_thread() is threading.main_thread()
-    for signum in _STOP_SIGNALS if in_main else ():
+    for signum in STOP_SIGNALS if in_main else ():
         loop.add_signal_handler(signum, on_stop)
     try:
         if stop.seen:  # noted before the loop took the signals over
@@ -380,7 +310,7 @@ async def _drive_until_stopped(
         task.uncancel()
         return None
     except MeshError:
-        # A child stopped by the same Ctrl-C, seen first (see _StopSignals).
+        # A child stopped by the same Ctrl-C, seen first (see StopSignals).
         if not stop.seen:
             raise
         if task.cancelling():
@@ -489,7 +419,7 @@ def run_demo(
     print(f"edgemesh demo: {len(DEVICES)} emulated devices on 127.0.0.1, real handwritten digits")
     started = time.perf_counter()
     codes: dict[str, int] = {}
-    stop_signals = _StopSignals()
+    stop_signals = StopSignals()
     try:
         with stop_signals.raising():
             try:
