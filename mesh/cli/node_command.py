@@ -32,8 +32,16 @@ def add_node_command(commands: Any) -> None:
         ),
     )
     node.add_argument("--config", type=Path, help="TOML file with any of the settings below")
-    node.add_argument("--name", help="this node's name in the mesh (default: the hostname)")
-    node.add_argument("--host", help="address to listen on (default: 0.0.0.0, every interface)")
+    node.add_argument(
+        "--name",
+        help="this node's name in the mesh, unique on the network "
+        "(default: the hostname on port 7700, else hostname-PORT)",
+    )
+    node.add_argument(
+        "--host",
+        help="address to listen on (default: 0.0.0.0, every interface); one address "
+        "also keeps mDNS to it unless --interface is given",
+    )
     node.add_argument("--port", help=f"RPC port (default: {DEFAULT_RPC_PORT}; 0 picks a free port)")
     add_model_flags(node)
     node.add_argument(
@@ -60,8 +68,8 @@ def add_node_command(commands: Any) -> None:
         "--interface",
         action="append",
         metavar="IP",
-        help="bind mDNS to this interface address only (repeatable; default: all). "
-        "Local demos and tests use --interface 127.0.0.1",
+        help="bind mDNS to this interface address only, and advertise it (repeatable; "
+        "default: --host's address, or every interface with --host 0.0.0.0)",
     )
     node.add_argument(
         "--gossip-interval",
