@@ -41,7 +41,14 @@ from mesh.errors import (
 )
 
 if TYPE_CHECKING:  # the SDK is imported on first use; see __getattr__
-    from mesh.sdk.client import Inference, MeshClient, ModelInfo, TensorInfo
+    from mesh.sdk.client import (
+        Inference,
+        MeshClient,
+        MeshModels,
+        ModelInfo,
+        ModelLocation,
+        TensorInfo,
+    )
     from mesh.sdk.sync import Client
 
 # The SDK pulls in asyncio, sockets and zeroconf. Importing it lazily (PEP 562)
@@ -50,7 +57,9 @@ _LAZY = {
     "Client": "mesh.sdk.sync",
     "Inference": "mesh.sdk.client",
     "MeshClient": "mesh.sdk.client",
+    "MeshModels": "mesh.sdk.client",
     "ModelInfo": "mesh.sdk.client",
+    "ModelLocation": "mesh.sdk.client",
     "TensorInfo": "mesh.sdk.client",
 }
 
@@ -81,11 +90,13 @@ __all__ = [
     "InvalidInput",
     "MeshClient",
     "MeshError",
+    "MeshModels",
     "MessageTooLarge",
     "MethodNotFound",
     "ModelError",
     "ModelInfo",
     "ModelIntegrityError",
+    "ModelLocation",
     "ModelNotFound",
     "Overloaded",
     "PeerUnavailable",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mesh._version import __version__
+from mesh.core.wire.catalog import IndexEntry
 from mesh.core.wire.requests import InferRequest
 from mesh.core.wire.tensors import Tensors
 
@@ -55,6 +56,14 @@ class InferenceService(Protocol):
 
     async def infer(self, request: InferRequest) -> Answer:
         """Answer ``request`` or raise a MeshError saying why not."""
+        ...
+
+    async def repository_index(self) -> list[IndexEntry]:
+        """The models served here now (``POST /v2/repository/index``).
+
+        A MeshError when they cannot be listed (an upstream without the
+        repository extension): then they are unknown, never "none".
+        """
         ...
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from mesh.config import DEFAULT_RPC_PORT, mesh_key_from
 from mesh.errors import ConfigError, InvalidInput, ModelNotFound
-from mesh.sdk.client import Inference, MeshClient, ModelInfo
+from mesh.sdk.client import Inference, MeshClient, MeshModels, ModelInfo
 
 __all__ = ["add_client_commands", "format_table", "load_inputs", "status_text"]
 
@@ -56,13 +56,20 @@ def add_client_commands(commands: Any) -> None:
 
     models = commands.add_parser(
         "models",
-        help="list a node's models",
+        help="list the models a node can serve, and where each is",
         description=(
-            "List the models a node serves, with each input and output's name, dtype and "
-            "shape (-1: any size), as `edgemesh infer` and the SDK expect them."
+            "List every model the node can route a request to, and where it is: on that node "
+            "(here), on a live peer (peer NAME) or on its gateway. With --local, only the "
+            "node's own models, with each input and output's name, dtype and shape "
+            "(-1: any size), as `edgemesh infer` and the SDK expect them."
         ),
     )
     _add_client_flags(models)
+    models.add_argument(
+        "--local",
+        action="store_true",
+        help="only the node's own models, with their inputs and outputs",
+    )
     models.add_argument("--json", action="store_true", help="print JSON instead of a table")
     models.set_defaults(command="models", handler=_cmd_models)
 
@@ -110,6 +117,9 @@ def _client(args: argparse.Namespace, environ: Mapping[str, str]) -> MeshClient:
 
 
 def _cmd_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if not args.local:
+        return _mesh_models(args, environ)
+
     async def run() -> list[ModelInfo]:
         async with _client(args, environ) as client:
             return await client.models()
@@ -121,9 +131,7 @@ def _cmd_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     rows = [
         [
             m.name,
-            m.version,
-            ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in m.inputs),
-            ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in m.outputs),
+            *_signature_cells(m),
             "compute-only"
             if m.compute_only
             else ("" if m.accuracy is None else f"{m.accuracy:.4f}"),
@@ -132,6 +140,58 @@ def _cmd_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         for m in models
     ]
     print(format_table(["model", "version", "inputs", "outputs", "accuracy", "sha256"], rows))
+    return 0
+
+
+def _signature_cells(model: ModelInfo) -> list[str]:
+    """Version, inputs and outputs, as the table shows them."""
+    return [
+        model.version,
+        ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in model.inputs),
+        ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in model.outputs),
+    ]
+
+
+def _mesh_models(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``edgemesh models``: one row per model and place (here, peer NAME, gateway)."""
+
+    async def run() -> MeshModels:
+        async with _client(args, environ) as client:
+            return await client.mesh_models()
+
+    models = asyncio.run(run())
+    if args.json:
+        entries = [
+            {
+                **({} if m.info is None else _model_json(m.info)),
+                "name": m.name,
+                "sha256": m.sha256,
+                "where": m.where,
+                "node": m.node,
+            }
+            for m in models
+        ]
+        gateway = (
+            None
+            if models.gateway is None
+            else {"url": models.gateway, "error": models.gateway_error}
+        )
+        print(json.dumps({"models": entries, "gateway": gateway}, indent=2))
+        return 0
+    # Signatures only for the node's own models: gossip carries names and checksums.
+    rows = [
+        [
+            m.name,
+            {"here": "here", "peer": f"peer {m.node}", "gateway": "gateway"}[m.where],
+            *(["", "", ""] if m.info is None else _signature_cells(m.info)),
+            "" if m.sha256 is None else m.sha256[:12],
+        ]
+        for m in models
+    ]
+    header = ["model", "where", "version", "inputs", "outputs", "sha256"]
+    print(format_table(header, rows))
+    if models.gateway is not None and models.gateway_error is not None:
+        print(f"\ngateway {models.gateway}: its models are unknown ({models.gateway_error})")
     return 0
 
 

@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from mesh.config import GatewayClientConfig, check_gateway_url
 from mesh.core.policy.breaker import BreakerState, CircuitBreaker, Exchange, Outcome, judge
+from mesh.core.wire.catalog import IndexEntry, parse_index_reply
 from mesh.core.wire.oip import encode_infer_request, parse_infer_response, parse_model_metadata
 from mesh.core.wire.tensors import Tensors
 from mesh.errors import (
@@ -52,6 +53,7 @@ from mesh.errors import (
     InvalidInput,
     MeshError,
     MessageTooLarge,
+    MethodNotFound,
     ModelNotFound,
     Overloaded,
     PeerUnavailable,
@@ -289,6 +291,41 @@ class GatewayClient:
             f"gateway {self.url} {what}; requests the mesh cannot serve get "
             "Overloaded until it does"
         )
+
+    async def repository_index(self) -> tuple[IndexEntry, ...]:
+        """The gateway's ready models (``POST /v2/repository/index``).
+
+        Like :meth:`check`: one short exchange (at most 2 s), outside the
+        breaker, for listing and not for serving. MethodNotFound when the
+        gateway has no repository extension (404/405), PeerUnavailable when
+        it does not answer, ProtocolError when the reply is not an index.
+        """
+        session = self._require_session()
+        limit = min(_PROBE_TIMEOUT_S, self.config.timeout_s)
+        try:
+            async with (
+                asyncio.timeout(limit),
+                session.post(self.url + "/v2/repository/index", json={}) as response,
+            ):
+                reply = _Reply(response.status, response.headers, await response.read())
+        except TimeoutError:
+            raise PeerUnavailable(
+                f"gateway {self.url} did not list its models within {limit * 1000:.0f} ms"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise PeerUnavailable(f"gateway {self.url}: {_transport_reason(exc)}") from None
+        if reply.status in (404, 405):
+            raise MethodNotFound(
+                f"gateway {self.url} does not list its models (no repository index: "
+                f"HTTP {reply.status})"
+            )
+        if reply.status != 200:
+            text, code = _error_message(reply)
+            raise _status_error(reply.status, code, f"gateway {self.url}: {text}")
+        try:
+            return parse_index_reply(json.loads(reply.body))
+        except (ProtocolError, ValueError) as exc:
+            raise ProtocolError(f"gateway {self.url}: its repository index: {exc}") from None
 
     async def _check_ready(self) -> tuple[Outcome, str]:
         """How a health check ended, and what to say if it did not pass."""

@@ -31,6 +31,7 @@ from typing import Any
 from mesh.config import Emulation, GatewayServerConfig
 from mesh.core.policy.admission import GatewayLoad, admit
 from mesh.core.scheduling.emulation import EmulatedDevice
+from mesh.core.wire.catalog import IndexEntry
 from mesh.core.wire.oip import model_metadata
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import ConfigError, DeadlineExceeded, Draining, MeshError, Overloaded
@@ -93,6 +94,10 @@ class RuntimeService(EdgemeshServer):
     async def model_metadata(self, name: str) -> dict[str, Any]:
         """The V2 metadata of a model served here; ModelNotFound otherwise."""
         return model_metadata(self._runtime.spec(name))
+
+    async def repository_index(self) -> list[IndexEntry]:
+        """The runtime's models, each with its version."""
+        return [IndexEntry(spec.name, spec.version) for spec in self._runtime.specs()]
 
     def status(self) -> dict[str, Any]:
         """Slots, queue and counters, for logs and tests."""
@@ -199,6 +204,10 @@ class UpstreamService(EdgemeshServer):
         """The upstream's metadata of ``name``, as it gave it."""
         return await self._client.model_metadata(name)
 
+    async def repository_index(self) -> list[IndexEntry]:
+        """The upstream's index; MethodNotFound if it keeps none (then they are unknown)."""
+        return list(await self._client.repository_index())
+
     async def infer(self, request: InferRequest) -> Answer:
         """Forward ``request``; the upstream's errors come back mapped onto MeshError."""
         outputs = await self._client.infer(
@@ -236,6 +245,9 @@ class _DrainingFront(EdgemeshServer):
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
         return await self._service.model_metadata(name)
+
+    async def repository_index(self) -> list[IndexEntry]:
+        return await self._service.repository_index()
 
     async def infer(self, request: InferRequest) -> Answer:
         if self.draining:

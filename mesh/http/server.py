@@ -38,7 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from mesh.config import HttpConfig
-from mesh.core.wire import oip
+from mesh.core.wire import catalog, oip
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
     BadRequest,
@@ -196,6 +196,18 @@ async def _model_ready(request: web.Request) -> web.Response:
     return _json({"name": metadata["name"], "ready": True})
 
 
+async def _repository_index(request: web.Request) -> web.Response:
+    """The repository extension's index: the models served here, each READY.
+
+    ``{"ready": true}`` asks for ready models only; every model listed is
+    ready, so both answer the same.
+    """
+    body = await _read_body(request, request.app[_CONFIG].max_body_bytes)
+    catalog.parse_index_request(body)
+    entries = await request.app[_SERVICE].repository_index()
+    return _json(catalog.index_entries(entries))
+
+
 # --- inference ---------------------------------------------------------------------
 
 
@@ -288,6 +300,7 @@ def make_app(service: InferenceService, config: HttpConfig) -> web.Application:
     app.router.add_get("/v2/health/live", _live)
     app.router.add_get("/v2/health/ready", _ready)
     app.router.add_get("/v2", _server_metadata)
+    app.router.add_post("/v2/repository/index", _repository_index)
     for base in (model, versioned):
         app.router.add_get(base, _model_metadata)
         app.router.add_get(base + "/ready", _model_ready)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from mesh.core.wire.catalog import IndexEntry
 from mesh.core.wire.requests import InferRequest
 from mesh.service import Answer, EdgemeshServer
 
@@ -31,3 +32,15 @@ class NodeHttpFace(EdgemeshServer):
 
     async def infer(self, request: InferRequest) -> Answer:
         return await self._node.infer(request)
+
+    async def repository_index(self) -> list[IndexEntry]:
+        """Every model the node can route to (here, on a live peer, on the gateway).
+
+        The versions are this node's own; others' are left out, since
+        gossip carries only names and checksums.
+        """
+        view = await self._node.mesh_models()
+        return [
+            IndexEntry(m["name"], m.get("version") if m["where"] == "here" else None)
+            for m in view["models"]
+        ]

@@ -42,6 +42,7 @@ from mesh.core.scheduling.draining import refused
 from mesh.core.scheduling.jobs import SchedulerConfig
 from mesh.core.wire.addresses import default_node_name, mdns_interfaces
 from mesh.core.wire.auth import mesh_id
+from mesh.core.wire.catalog import parse_models_params
 from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
 from mesh.core.wire.oip import model_metadata
 from mesh.core.wire.requests import InferRequest, parse_infer
@@ -51,6 +52,7 @@ from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
 from mesh.listening import Port, bind_ports, write_ready_file
 from mesh.mdns import MdnsDiscovery, check_own_addresses
+from mesh.node.catalog import models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.http_face import NodeHttpFace
@@ -402,12 +404,11 @@ class Node:
         return Methods(
             inline={
                 "ping": self._ping,
-                "models": self._models,
                 "status": self._status,
                 "drain": self._drain_method,
                 STEAL: lambda c, p: self._sharing.on_steal(c, p),
             },
-            concurrent={"infer": self._infer},
+            concurrent={"infer": self._infer, "models": self._models},
             notifications={
                 GOSSIP: self._on_gossip,
                 RESULT: lambda c, p: self._sharing.on_result(c, p),
@@ -457,9 +458,15 @@ class Node:
         self._no_params("ping", params)
         return "pong"
 
-    def _models(self, _: RpcConnection, params: list[Any]) -> list[dict[str, Any]]:
-        self._no_params("models", params)
-        return [spec.to_wire() for spec in self.runtime.specs()]
+    async def _models(self, _: RpcConnection, params: list[Any]) -> Any:
+        # No params: the local list, as always; {"scope": "mesh"}: see mesh.core.wire.catalog.
+        if parse_models_params(params) == "local":
+            return [spec.to_wire() for spec in self.runtime.specs()]
+        return await self.mesh_models()
+
+    async def mesh_models(self) -> dict[str, Any]:
+        """Every model this node can route to, and where: here, a live peer, the gateway."""
+        return await models_in_mesh(self.config.name, self.runtime, self._membership, self._gateway)
 
     def _status(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
         self._no_params("status", params)

@@ -63,13 +63,16 @@ from mesh.sdk.discovery import browse_nodes, node_address
 from mesh.sdk.pool import NodeLink, normalize_addresses, probe_all
 from mesh.sdk.types import (
     Inference,
+    MeshModels,
     ModelInfo,
+    ModelLocation,
     TensorInfo,
     encode_inputs,
     inference_from_reply,
+    mesh_models_from_reply,
 )
 
-__all__ = ["Inference", "MeshClient", "ModelInfo", "TensorInfo"]
+__all__ = ["Inference", "MeshClient", "MeshModels", "ModelInfo", "ModelLocation", "TensorInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +362,16 @@ class MeshClient:
         if not isinstance(reply, list):
             raise ProtocolError(f"models(): expected a list, got {type(reply).__name__}")
         return [ModelInfo.from_wire(entry) for entry in reply]
+
+    async def mesh_models(self) -> MeshModels:
+        """Every model the node in use can route to, and where each is: on that
+        node (``"here"``), on a live peer (``"peer"``) or on its gateway."""
+
+        def params(elapsed: float, attempt: int) -> list[Any]:
+            return [{"scope": "mesh"}]
+
+        _, reply = await self._call("models", params, self._config.call_timeout_s)
+        return mesh_models_from_reply(reply)
 
     async def status(self) -> dict[str, Any]:
         """The status map of the node in use: identity, models, peers, counters, load."""

@@ -20,7 +20,7 @@ from typing import Any, Literal, Self, TypeVar, overload
 from numpy.typing import ArrayLike
 
 from mesh.errors import MeshError, PeerUnavailable
-from mesh.sdk.client import DEFAULT_ADDRESS, Inference, MeshClient, ModelInfo
+from mesh.sdk.client import DEFAULT_ADDRESS, Inference, MeshClient, MeshModels, ModelInfo
 
 __all__ = ["Client"]
 
@@ -201,6 +201,10 @@ class Client:
     def models(self) -> list[ModelInfo]:
         """See :meth:`MeshClient.models`."""
         return self._run(self._client.models())
+
+    def mesh_models(self) -> MeshModels:
+        """See :meth:`MeshClient.mesh_models`."""
+        return self._run(self._client.mesh_models())
 
     def status(self) -> dict[str, Any]:
         """See :meth:`MeshClient.status`."""

@@ -1,4 +1,5 @@
-"""The SDK's value types: :class:`Inference`, :class:`ModelInfo`, :class:`TensorInfo`.
+"""The SDK's value types: :class:`Inference`, :class:`ModelInfo`, :class:`TensorInfo`,
+:class:`ModelLocation` and :class:`MeshModels`.
 
 Also the conversions between them and the wire (numpy in, numpy out; see
 docs/PROTOCOL.md for the tensor map).
@@ -6,9 +7,9 @@ docs/PROTOCOL.md for the tensor map).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -17,7 +18,16 @@ from mesh.core.models.signatures import ModelSpec, TensorSpec
 from mesh.core.wire.tensors import decode_tensors, encode_tensors
 from mesh.errors import InvalidInput, ProtocolError
 
-__all__ = ["Inference", "ModelInfo", "TensorInfo", "encode_inputs", "inference_from_reply"]
+__all__ = [
+    "Inference",
+    "MeshModels",
+    "ModelInfo",
+    "ModelLocation",
+    "TensorInfo",
+    "encode_inputs",
+    "inference_from_reply",
+    "mesh_models_from_reply",
+]
 
 
 class Inference(dict[str, NDArray[Any]]):
@@ -93,6 +103,77 @@ class ModelInfo:
             accuracy=spec.accuracy,
             compute_only=spec.compute_only,
         )
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """A model the mesh can serve, and one place it is.
+
+    ``where`` is ``"here"`` (on the node asked; ``node`` is its name),
+    ``"peer"`` (``node`` is the live peer's name) or ``"gateway"`` (``node``
+    is its URL). ``sha256`` is None for the gateway's models: the Open
+    Inference Protocol does not give it. ``info``, the whole signature, only
+    for the models here (gossip carries names and checksums).
+    """
+
+    name: str
+    sha256: str | None
+    where: Literal["here", "peer", "gateway"]
+    node: str
+    info: ModelInfo | None = None
+
+
+class MeshModels(list[ModelLocation]):
+    """``mesh_models()``: every model and place, sorted by name then place.
+
+    ``gateway`` is the node's gateway URL (None without one);
+    ``gateway_error`` says why the gateway's models are missing, if they are.
+    """
+
+    __slots__ = ("gateway", "gateway_error")
+
+    def __init__(
+        self,
+        locations: Iterable[ModelLocation],
+        *,
+        gateway: str | None = None,
+        gateway_error: str | None = None,
+    ) -> None:
+        super().__init__(locations)
+        self.gateway = gateway
+        self.gateway_error = gateway_error
+
+
+_WHERE = ("here", "peer", "gateway")
+
+
+def mesh_models_from_reply(reply: object) -> MeshModels:
+    """Parse ``models([{"scope": "mesh"}])``'s reply; ProtocolError if malformed."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("models"), list):
+        raise ProtocolError("mesh_models(): expected a map with a 'models' list")
+    locations = []
+    for index, entry in enumerate(reply["models"]):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or entry.get("where") not in _WHERE
+            or not isinstance(entry.get("node"), str)
+            or not isinstance(entry.get("sha256"), (str, type(None)))
+        ):
+            raise ProtocolError(f"mesh_models(): malformed entry {index}: {entry!r:.200}")
+        info = ModelInfo.from_wire(entry) if entry["where"] == "here" else None
+        locations.append(
+            ModelLocation(entry["name"], entry["sha256"], entry["where"], entry["node"], info)
+        )
+    gateway = reply.get("gateway")
+    if isinstance(gateway, dict):
+        url, error = gateway.get("url"), gateway.get("error")
+        return MeshModels(
+            locations,
+            gateway=url if isinstance(url, str) else None,
+            gateway_error=error if isinstance(error, str) else None,
+        )
+    return MeshModels(locations)
 
 
 def _tensor_info(spec: TensorSpec) -> TensorInfo:

@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 
 from mesh.config import HttpConfig, RuntimeConfig
 from mesh.core.wire import oip
+from mesh.core.wire.catalog import IndexEntry
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
     DeadlineExceeded,
@@ -59,6 +60,9 @@ class RuntimeService:
 
     async def infer(self, request: InferRequest) -> Answer:
         return Answer(await self.runtime.infer(request.model, request.inputs), "test-node")
+
+    async def repository_index(self) -> list[IndexEntry]:
+        return [IndexEntry(spec.name, spec.version) for spec in self.runtime.specs()]
 
 
 class EchoService:
