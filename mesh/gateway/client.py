@@ -45,20 +45,20 @@ from mesh.core.wire.catalog import IndexEntry, parse_index_reply
 from mesh.core.wire.oip import encode_infer_request, parse_infer_response, parse_model_metadata
 from mesh.core.wire.tensors import Tensors
 from mesh.errors import (
-    AuthError,
     ConfigError,
     DeadlineExceeded,
-    InferenceFailed,
-    InternalError,
-    InvalidInput,
-    MeshError,
-    MessageTooLarge,
     MethodNotFound,
-    ModelNotFound,
     Overloaded,
     PeerUnavailable,
     ProtocolError,
-    RemoteError,
+)
+from mesh.gateway.replies import (
+    Reply,
+    clip,
+    error_message,
+    has_binary_extension,
+    status_error,
+    transport_reason,
 )
 
 __all__ = ["BINARY_HEADER", "GatewayClient"]
@@ -70,19 +70,6 @@ BINARY_HEADER = "Inference-Header-Content-Length"
 # A probe is a health check: a gateway that takes longer than this to say
 # it is ready is not ready.
 _PROBE_TIMEOUT_S = 2.0
-# How much of an error body goes into a message when it has no "error" field.
-_MAX_QUOTED_BODY = 200
-
-
-class _Reply:
-    """What came back from the gateway: status, headers and the whole body."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
 
 
 class GatewayClient:
@@ -250,7 +237,7 @@ class GatewayClient:
             async with self._negotiating:
                 if self._binary is None:
                     reply = await self._send("GET", "/v2", limit_s)
-                    self._binary = reply.status == 200 and _has_binary_extension(reply.body)
+                    self._binary = reply.status == 200 and has_binary_extension(reply.body)
                     self._count(Outcome(status=reply.status), exchange="negotiation")
                     log.debug("gateway %s binary tensors: %s", self.url, self._binary)
         return self._binary
@@ -307,21 +294,21 @@ class GatewayClient:
                 asyncio.timeout(limit),
                 session.post(self.url + "/v2/repository/index", json={}) as response,
             ):
-                reply = _Reply(response.status, response.headers, await response.read())
+                reply = Reply(response.status, response.headers, await response.read())
         except TimeoutError:
             raise PeerUnavailable(
                 f"gateway {self.url} did not list its models within {limit * 1000:.0f} ms"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise PeerUnavailable(f"gateway {self.url}: {_transport_reason(exc)}") from None
+            raise PeerUnavailable(f"gateway {self.url}: {transport_reason(exc)}") from None
         if reply.status in (404, 405):
             raise MethodNotFound(
                 f"gateway {self.url} does not list its models (no repository index: "
                 f"HTTP {reply.status})"
             )
         if reply.status != 200:
-            text, code = _error_message(reply)
-            raise _status_error(reply.status, code, f"gateway {self.url}: {text}")
+            text, code = error_message(reply)
+            raise status_error(reply.status, code, f"gateway {self.url}: {text}")
         try:
             return parse_index_reply(json.loads(reply.body))
         except (ProtocolError, ValueError) as exc:
@@ -342,7 +329,7 @@ class GatewayClient:
             reason = f"no answer to a health check within {limit * 1000:.0f} ms"
             return Outcome(error="timeout"), reason
         except (aiohttp.ClientError, OSError) as exc:
-            return Outcome(error="unreachable"), _transport_reason(exc)
+            return Outcome(error="unreachable"), transport_reason(exc)
         return Outcome(status=status), f"health check answered HTTP {status}"
 
     async def _send(
@@ -354,7 +341,7 @@ class GatewayClient:
         budget_s: float | None = None,
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> _Reply:
+    ) -> Reply:
         """One HTTP exchange under the breaker and the in-flight limit."""
         session = self._require_session()
         now = self._now()
@@ -377,7 +364,7 @@ class GatewayClient:
             ):
                 body = await response.read()
                 self._last_answer_at = self._now()
-                return _Reply(response.status, response.headers, body)
+                return Reply(response.status, response.headers, body)
         except TimeoutError:
             # The whole budget, not what was left of it for this exchange.
             waited_ms = (budget_s or limit_s) * 1000
@@ -387,20 +374,20 @@ class GatewayClient:
                 f"the gateway did not answer within {waited_ms:.0f} ms ({self.url})"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            reason = _transport_reason(exc)
+            reason = transport_reason(exc)
             self._count(Outcome(error="unreachable"), reason)
             raise PeerUnavailable(f"gateway {self.url} is unavailable: {reason}") from None
         finally:
             self._in_flight -= 1
 
-    def _raise_for_status(self, reply: _Reply, model: str) -> None:
+    def _raise_for_status(self, reply: Reply, model: str) -> None:
         """Count a non-200 answer for the breaker and raise it as a MeshError."""
         status = reply.status
         if status == 200:
             return
-        text, code = _error_message(reply)
-        self._count(Outcome(status=status), f"HTTP {status}: {_clip(text, 80)}")
-        raise _status_error(status, code, f"gateway {self.url}: {text}")
+        text, code = error_message(reply)
+        self._count(Outcome(status=status), f"HTTP {status}: {clip(text, 80)}")
+        raise status_error(status, code, f"gateway {self.url}: {text}")
 
     def _garbage(self, what: str) -> ProtocolError:
         self._count(Outcome(error="garbled"), "garbled answer")
@@ -477,70 +464,3 @@ class GatewayClient:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
-
-
-def _transport_reason(exc: BaseException) -> str:
-    """A short reason for a failed exchange, for messages and status pages."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        cause = exc.os_error
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        return f"cannot connect: {cause.strerror or cause}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the gateway closed the connection"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "the answer was cut off"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"bad HTTP answer: {exc.message}"
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    return str(exc) or type(exc).__name__
-
-
-def _status_error(status: int, code: str | None, message: str) -> MeshError:
-    """The MeshError a non-200 answer stands for; ``code`` is an edgemesh body's code."""
-    if status == 503:
-        # Alive and busy; an edgemesh gateway says whether it was the deadline.
-        if code == DeadlineExceeded.code:
-            return DeadlineExceeded(message)
-        return Overloaded(message)
-    if status == 500:
-        if code == InternalError.code:
-            return InternalError(message)
-        return InferenceFailed(message)
-    if status == 404:
-        return ModelNotFound(message)
-    if status in (400, 422):
-        return InvalidInput(message)
-    if status == 413:
-        return MessageTooLarge(message)
-    if status in (401, 403):
-        return AuthError(message)
-    return RemoteError(message, remote_code=f"HTTP{status}")
-
-
-def _error_message(reply: _Reply) -> tuple[str, str | None]:
-    """The ``"error"`` of a V2 error body and its edgemesh ``"code"``, if any;
-    else a bit of whatever came."""
-    text = reply.body.decode("utf-8", errors="replace")
-    with contextlib.suppress(ValueError):
-        obj = json.loads(text)
-        if isinstance(obj, dict):
-            code = obj.get("code")
-            for key in ("error", "detail"):  # V2; FastAPI-based servers
-                if isinstance(obj.get(key), str):
-                    return str(obj[key]), code if isinstance(code, str) else None
-    text = _clip(" ".join(text.split()), _MAX_QUOTED_BODY)
-    return f"HTTP {reply.status}" + (f": {text}" if text else ""), None
-
-
-def _has_binary_extension(body: bytes) -> bool:
-    with contextlib.suppress(ValueError):
-        metadata = json.loads(body)
-        if isinstance(metadata, dict) and isinstance(metadata.get("extensions"), list):
-            return "binary_tensor_data" in metadata["extensions"]
-    return False
-
-
-def _clip(text: str, length: int) -> str:
-    return text if len(text) <= length else text[:length] + "…"

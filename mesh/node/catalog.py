@@ -7,15 +7,25 @@ to :func:`mesh.core.wire.catalog.mesh_view`, which shapes the reply.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from mesh.core.models.signatures import ModelSpec
 from mesh.core.wire.catalog import GatewayModels, mesh_view
-from mesh.errors import MeshError
+from mesh.core.wire.oip import model_metadata
+from mesh.errors import MeshError, ModelNotFound
 from mesh.gateway.client import GatewayClient
 from mesh.node.membership import MeshMembership
+from mesh.rpc import RpcConnection
 from mesh.runtime.runtime import Runtime
 
-__all__ = ["gateway_models", "models_in_mesh"]
+__all__ = ["gateway_models", "metadata_in_mesh", "models_in_mesh"]
+
+log = logging.getLogger(__name__)
+
+# A peer asked for a model's signature (for HTTP metadata) gets this long.
+_METADATA_TIMEOUT_S = 5.0
 
 
 async def gateway_models(gateway: GatewayClient) -> GatewayModels:
@@ -41,3 +51,30 @@ async def models_in_mesh(
         peers=peers,
         gateway=None if gateway is None else await gateway_models(gateway),
     )
+
+
+async def metadata_in_mesh(
+    name: str,
+    runtime: Runtime,
+    *,
+    holders: Iterable[str],
+    link: Callable[[str], RpcConnection | None],
+    gateway: GatewayClient | None,
+) -> dict[str, Any]:
+    """V2 metadata of ``name``: ours, else a holder's (asked over RPC), else the gateway's."""
+    if name in runtime:
+        return model_metadata(runtime.spec(name))
+    for peer in holders:
+        connection = link(peer)
+        if connection is None:
+            continue
+        try:
+            specs = await connection.call("models", [], timeout=_METADATA_TIMEOUT_S)
+            for spec in map(ModelSpec.from_wire, specs):
+                if spec.name == name:
+                    return model_metadata(spec)
+        except MeshError as exc:
+            log.debug("no metadata of %s from %s: %s", name, peer, exc.message)
+    if gateway is not None:
+        return await gateway.model_metadata(name)
+    raise ModelNotFound(f"no node in the mesh serves model '{name}'")

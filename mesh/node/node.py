@@ -37,22 +37,20 @@ from mesh.config import DEFAULT_RPC_PORT, NodeConfig
 from mesh.core.membership.adverts import Advert
 from mesh.core.membership.leaving import LEAVING, Leaving
 from mesh.core.membership.peers import Load, ModelHolding
-from mesh.core.models.signatures import ModelSpec
 from mesh.core.scheduling.draining import refused
 from mesh.core.scheduling.jobs import SchedulerConfig
 from mesh.core.wire.addresses import default_node_name, mdns_interfaces
 from mesh.core.wire.auth import mesh_id
 from mesh.core.wire.catalog import parse_models_params
 from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
-from mesh.core.wire.oip import model_metadata
 from mesh.core.wire.requests import InferRequest, parse_infer
 from mesh.core.wire.tensors import encode_tensors
-from mesh.errors import BadRequest, MeshError, ModelNotFound
+from mesh.errors import BadRequest, MeshError
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
 from mesh.listening import Port, bind_ports, write_ready_file
 from mesh.mdns import MdnsDiscovery, check_own_addresses
-from mesh.node.catalog import models_in_mesh
+from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.http_face import NodeHttpFace
@@ -65,8 +63,6 @@ from mesh.service import Answer
 
 __all__ = ["Node"]
 
-# A peer asked for a model's signature (for HTTP metadata) gets this long.
-_METADATA_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -528,19 +524,10 @@ class Node:
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
         """V2 metadata of ``name``: ours, else a peer's that runs it, else the gateway's."""
-        if name in self.runtime:
-            return model_metadata(self.runtime.spec(name))
-        for peer in self._sharing.scheduler.holders(name):
-            connection = self._link(peer)
-            if connection is None:
-                continue
-            try:
-                specs = await connection.call("models", [], timeout=_METADATA_TIMEOUT_S)
-                for spec in map(ModelSpec.from_wire, specs):
-                    if spec.name == name:
-                        return model_metadata(spec)
-            except MeshError as exc:
-                log.debug("no metadata of %s from %s: %s", name, peer, exc.message)
-        if self._gateway is not None:
-            return await self._gateway.model_metadata(name)
-        raise ModelNotFound(f"no node in the mesh serves model '{name}'")
+        return await metadata_in_mesh(
+            name,
+            self.runtime,
+            holders=self._sharing.scheduler.holders(name),
+            link=self._link,
+            gateway=self._gateway,
+        )
