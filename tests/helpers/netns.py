@@ -193,6 +193,25 @@ class NetnsLab:
         self._processes.append(process)
         return process
 
+    def start_node(
+        self,
+        host: str,
+        *,
+        port: int,
+        key_file: Path,
+        workdir: Path,
+        model: str,
+        extra: Sequence[str] = (),
+    ) -> subprocess.Popen[bytes]:
+        """``edgemesh node`` named ``host`` inside it, on its own address, mDNS on that
+        interface only; it writes ``workdir/HOST.ready.json`` and logs to ``HOST.log``."""
+        address = self.address(host)
+        command = [sys.executable, "-m", "mesh", "node", "--name", host, "--host", address]
+        command += ["--port", str(port), "--interface", address, "--mesh-key-file", str(key_file)]
+        command += ["--ready-file", str(workdir / f"{host}.ready.json"), "--model", model]
+        command += ["--log-level", "info", *extra]
+        return self.start_in(host, command, log=workdir / f"{host}.log")
+
     def check_multicast(self, port: int = 47777, group: str = "239.255.77.77") -> None:
         """Raise RuntimeError unless multicast from the first host reaches all the others."""
         sender, *receivers = self.hosts

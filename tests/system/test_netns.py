@@ -129,33 +129,8 @@ def test_three_hosts_discover_partition_and_rejoin(lab: NetnsLab, tmp_path: Path
     nodes: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for host in hosts:
-            address = lab.address(host)
-            nodes[host] = lab.start_in(
-                host,
-                [
-                    sys.executable,
-                    "-m",
-                    "mesh",
-                    "node",
-                    "--name",
-                    host,
-                    "--host",
-                    address,
-                    "--port",
-                    str(PORT),
-                    # mDNS on the namespace's own interface only.
-                    "--interface",
-                    address,
-                    "--mesh-key-file",
-                    str(key_file),
-                    "--ready-file",
-                    str(tmp_path / f"{host}.ready.json"),
-                    "--model",
-                    MODEL,
-                    "--log-level",
-                    "info",
-                ],
-                log=tmp_path / f"{host}.log",
+            nodes[host] = lab.start_node(
+                host, port=PORT, key_file=key_file, workdir=tmp_path, model=MODEL
             )
         deadline = time.monotonic() + READY_S
         for host in hosts:

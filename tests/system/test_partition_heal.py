@@ -102,38 +102,9 @@ def lab() -> Iterator[NetnsLab]:
 
 
 def _start_node(lab: NetnsLab, host: str, key_file: Path, tmp_path: Path) -> None:
-    address = lab.address(host)
-    lab.start_in(
-        host,
-        [
-            sys.executable,
-            "-m",
-            "mesh",
-            "node",
-            "--name",
-            host,
-            "--host",
-            address,
-            "--port",
-            str(PORT),
-            "--interface",
-            address,
-            "--mesh-key-file",
-            str(key_file),
-            "--ready-file",
-            str(tmp_path / f"{host}.ready.json"),
-            "--model",
-            MODEL,
-            "--slots",
-            "1",
-            "--emulate-speed",
-            "1",
-            "--emulate-service-ms",
-            str(SERVICE_MS),
-            "--log-level",
-            "info",
-        ],
-        log=tmp_path / f"{host}.log",
+    emulation = ["--slots", "1", "--emulate-speed", "1", "--emulate-service-ms", str(SERVICE_MS)]
+    lab.start_node(
+        host, port=PORT, key_file=key_file, workdir=tmp_path, model=MODEL, extra=emulation
     )
 
 
