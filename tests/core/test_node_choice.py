@@ -36,6 +36,10 @@ A, B, C = "10.0.0.1:7700", "10.0.0.2:7700", "10.0.0.3:7700"
         ({"scheduler": [250]}, 0.01),
         (None, 0.01),
         ([1, 2], 0.01),
+        # A draining node takes no work: last among the live, whatever its wait.
+        ({"draining": True, "scheduler": {"wait_ms": 0}}, math.inf),
+        ({"draining": False, "scheduler": {"wait_ms": 0}}, 0.01),
+        ({"draining": "yes", "scheduler": {"wait_ms": 0}}, 0.01),
     ],
 )
 def test_score_is_the_node_s_wait_plus_the_round_trip(status: object, score: float) -> None:

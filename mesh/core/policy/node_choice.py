@@ -20,6 +20,7 @@ it makes along the way are these, over plain values:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -47,8 +48,12 @@ def score_s(status: object, rtt_s: float) -> float:
 
     The wait is the node's own ``scheduler.wait_ms``; a node that does not
     say (an older node, a malformed map) is taken as idle, so it is judged
-    by its round trip alone.
+    by its round trip alone. A node that is draining would only answer
+    Draining: its score is unknown (inf), so it ranks after every node that
+    takes work and is used only when nothing else answers.
     """
+    if isinstance(status, dict) and status.get("draining") is True:
+        return math.inf
     scheduler = status.get("scheduler") if isinstance(status, dict) else None
     wait_ms = scheduler.get("wait_ms") if isinstance(scheduler, dict) else None
     if isinstance(wait_ms, int | float) and not isinstance(wait_ms, bool) and wait_ms >= 0:
