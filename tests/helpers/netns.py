@@ -212,6 +212,12 @@ class NetnsLab:
         command += ["--log-level", "info", *extra]
         return self.start_in(host, command, log=workdir / f"{host}.log")
 
+    def status_command(self, host: str, *, port: int, key_file: Path) -> list[str]:
+        """``edgemesh status --json`` of the node on ``host``, to run inside ``host``."""
+        node = f"{self.address(host)}:{port}"
+        command = [sys.executable, "-m", "mesh", "status", "--node", node]
+        return [*command, "--mesh-key-file", str(key_file), "--json", "--timeout", "3"]
+
     def check_multicast(self, port: int = 47777, group: str = "239.255.77.77") -> None:
         """Raise RuntimeError unless multicast from the first host reaches all the others."""
         sender, *receivers = self.hosts

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,23 +50,8 @@ def lab() -> Iterator[NetnsLab]:
 
 
 def _status_command(lab: NetnsLab, host: str, key_file: Path) -> list[str]:
-    return [
-        "ip",
-        "netns",
-        "exec",
-        lab.netns(host),
-        sys.executable,
-        "-m",
-        "mesh",
-        "status",
-        "--node",
-        f"{lab.address(host)}:{PORT}",
-        "--mesh-key-file",
-        str(key_file),
-        "--json",
-        "--timeout",
-        "3",
-    ]
+    status = lab.status_command(host, port=PORT, key_file=key_file)
+    return ["ip", "netns", "exec", lab.netns(host), *status]
 
 
 def peer_states(lab: NetnsLab, key_file: Path, hosts: list[str]) -> State:

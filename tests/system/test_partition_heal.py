@@ -111,19 +111,7 @@ def _start_node(lab: NetnsLab, host: str, key_file: Path, tmp_path: Path) -> Non
 def _peers(lab: NetnsLab, host: str, key_file: Path) -> dict[str, str]:
     result = lab.run_in(
         host,
-        [
-            sys.executable,
-            "-m",
-            "mesh",
-            "status",
-            "--node",
-            f"{lab.address(host)}:{PORT}",
-            "--mesh-key-file",
-            str(key_file),
-            "--json",
-            "--timeout",
-            "3",
-        ],
+        lab.status_command(host, port=PORT, key_file=key_file),
         timeout=15,
     )
     return {peer["name"]: peer["state"] for peer in json.loads(result.stdout)["peers"]}
