@@ -35,17 +35,14 @@ from typing import Any
 from mesh._version import __version__
 from mesh.config import DEFAULT_RPC_PORT, NodeConfig
 from mesh.core.membership.adverts import Advert
-from mesh.core.membership.leaving import LEAVING, Leaving
+from mesh.core.membership.leaving import Leaving
 from mesh.core.membership.peers import Load, ModelHolding
 from mesh.core.scheduling.draining import refused
 from mesh.core.scheduling.jobs import SchedulerConfig
 from mesh.core.wire.addresses import default_node_name, mdns_interfaces
 from mesh.core.wire.auth import mesh_id
-from mesh.core.wire.catalog import parse_models_params
-from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
-from mesh.core.wire.requests import InferRequest, parse_infer
-from mesh.core.wire.tensors import encode_tensors
-from mesh.errors import BadRequest, MeshError
+from mesh.core.wire.requests import InferRequest
+from mesh.errors import MeshError
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
 from mesh.listening import Port, bind_ports, write_ready_file
@@ -54,10 +51,11 @@ from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.http_face import NodeHttpFace
-from mesh.node.membership import GOSSIP, MeshMembership, SelfInfo
+from mesh.node.membership import MeshMembership, SelfInfo
 from mesh.node.routing import Fallback
+from mesh.node.rpc_face import NodeRpcFace
 from mesh.node.work_sharing import WorkSharing
-from mesh.rpc import Methods, RpcConnection, RpcServer
+from mesh.rpc import RpcConnection, RpcServer
 from mesh.runtime.runtime import Runtime
 from mesh.service import Answer
 
@@ -213,7 +211,7 @@ class Node:
             host=config.host,
             port=config.port,
             config=config.rpc,
-            methods=self._methods(),
+            methods=NodeRpcFace(self).methods(),
             key=config.mesh_key,
             hello_info=self._hello_info,
         )
@@ -394,40 +392,24 @@ class Node:
             write_ready_file(config.ready_file, info)
         self.ready.set()
 
-    # --- methods -------------------------------------------------------------
+    # --- what the RPC face asks ------------------------------------------------
 
-    def _methods(self) -> Methods:
-        return Methods(
-            inline={
-                "ping": self._ping,
-                "status": self._status,
-                "drain": self._drain_method,
-                STEAL: lambda c, p: self._sharing.on_steal(c, p),
-            },
-            concurrent={"infer": self._infer, "models": self._models},
-            notifications={
-                GOSSIP: self._on_gossip,
-                RESULT: lambda c, p: self._sharing.on_result(c, p),
-                HANDOFF: lambda c, p: self._sharing.on_handoff(c, p),
-                CANCEL: lambda c, p: self._sharing.on_cancel(c, p),
-                NUDGE: lambda c, p: self._sharing.on_nudge(c, p),
-                GIVE_BACK: lambda c, p: self._sharing.on_giveback(c, p),
-                LEAVING: self._on_leaving,
-            },
-        )
+    @property
+    def work(self) -> WorkSharing:
+        """Work sharing (the scheduler's edge), once serving."""
+        return self._sharing
 
-    def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
-        if self._membership is not None:
-            self._membership.on_gossip(connection, params)
+    @property
+    def membership(self) -> MeshMembership | None:
+        """Membership (dialling peers, gossip), once serving."""
+        return self._membership
 
-    def _on_leaving(self, connection: RpcConnection, params: list[Any]) -> None:
-        if self._membership is not None:
-            self._membership.on_leaving(connection, params)
+    def refused(self, exc: MeshError) -> None:
+        """Count a request that failed before it could be routed (malformed)."""
+        self._counters.refused(exc)
 
-    def _drain_method(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
-        # With a mesh key only a caller that passed the handshake gets here
-        # (the connection refuses any call before it), as for every method.
-        self._no_params("drain", params)
+    def drain_info(self) -> dict[str, Any]:
+        """Begin a drain (:meth:`drain`) and say what it is about to wait for."""
         self.drain()
         return {
             "name": self.config.name,
@@ -445,27 +427,16 @@ class Node:
             "role": "node",
         }
 
-    @staticmethod
-    def _no_params(method: str, params: list[Any]) -> None:
-        if params:
-            raise BadRequest(f"{method} takes no parameters, got {len(params)}")
-
-    def _ping(self, _: RpcConnection, params: list[Any]) -> str:
-        self._no_params("ping", params)
-        return "pong"
-
-    async def _models(self, _: RpcConnection, params: list[Any]) -> Any:
-        # No params: the local list, as always; {"scope": "mesh"}: see mesh.core.wire.catalog.
-        if parse_models_params(params) == "local":
-            return [spec.to_wire() for spec in self.runtime.specs()]
-        return await self.mesh_models()
+    def local_models(self) -> list[dict[str, Any]]:
+        """This node's models with their signatures, as ``models()`` returns them."""
+        return [spec.to_wire() for spec in self.runtime.specs()]
 
     async def mesh_models(self) -> dict[str, Any]:
         """Every model this node can route to, and where: here, a live peer, the gateway."""
         return await models_in_mesh(self.config.name, self.runtime, self._membership, self._gateway)
 
-    def _status(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
-        self._no_params("status", params)
+    def status(self) -> dict[str, Any]:
+        """Identity, models, peers, counters and the scheduler's figures (``status()``)."""
         server = self._server
         return {
             **self._hello_info(),
@@ -494,18 +465,6 @@ class Node:
             else self.config.work.emulation.to_status(),
             "steal_activity": {} if self._work is None else self._work.scheduler.peer_activity(),
         }
-
-    async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
-        try:
-            request = parse_infer(params)
-        except MeshError as exc:
-            self._counters.refused(exc)
-            raise
-        answer = await self.infer(request)
-        outputs = encode_tensors(answer.outputs)
-        if request.detail:
-            return {"outputs": outputs, "ran_on": answer.ran_on}
-        return outputs
 
     # --- what both front ends (RPC and HTTP) serve -------------------------------
 

@@ -137,7 +137,7 @@ async def mesh_of(
 async def converged(nodes: Sequence[Node]) -> None:
     async with asyncio.timeout(10):
         while True:
-            views = [node._status(None, [])["peers"] for node in nodes]  # type: ignore[arg-type]
+            views = [node.status()["peers"] for node in nodes]
             if all(
                 sum(1 for p in view if p["state"] == "alive" and p["connected"]) == len(nodes) - 1
                 for view in views
@@ -147,5 +147,5 @@ async def converged(nodes: Sequence[Node]) -> None:
 
 
 def counters(node: Node) -> dict[str, Any]:
-    counted: dict[str, Any] = node._status(None, [])["counters"]  # type: ignore[arg-type]
+    counted: dict[str, Any] = node.status()["counters"]
     return counted

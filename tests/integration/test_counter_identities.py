@@ -147,7 +147,7 @@ async def test_every_identity_holds_on_every_node_over_a_mixed_run() -> None:
                 "ModelNotFound",
             )
         assert counters(c)["offload_failed"] == 4
-        gateway_status = c._status(None, [])["gateway"]  # type: ignore[arg-type]
+        gateway_status = c.status()["gateway"]
         assert gateway_status["state"] in ("open", "half_open")
 
         # Refused: b has no gateway and nobody makes a 1 ms deadline.

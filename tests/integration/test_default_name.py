@@ -36,7 +36,7 @@ async def test_nodes_on_port_zero_given_no_name_are_named_by_the_port_they_bound
             assert f"no --name given: calling this node {name!r}" in caplog.text
         # Found over mDNS alone (no bootstrap peer), each under its own name.
         await converged([first, second])
-        peers = [node._status(None, [])["peers"] for node in (first, second)]  # type: ignore[arg-type]
+        peers = [node.status()["peers"] for node in (first, second)]
         assert [[p["name"] for p in view] for view in peers] == [[names[1]], [names[0]]]
 
 

@@ -101,7 +101,7 @@ async def test_draining_the_entry_mid_burst_answers_each_request_once_and_orphan
         counts = counters(peer)
         assert counts["orphaned"] == 0, counts
         # Told, not suspected: the peer knows it left.
-        view = peer._status(None, [])["peers"]  # type: ignore[arg-type]
+        view = peer.status()["peers"]
         (row,) = [p for p in view if p["name"] == entry.config.name]
         assert row["state"] == "dead" and row["reason"] == "left the mesh", row
     assert sum(counters(p)["stolen_in"] for p in peers) > 0  # peers took work from it

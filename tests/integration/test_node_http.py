@@ -155,6 +155,6 @@ async def test_a_hanging_gateway_costs_a_request_its_deadline_and_no_more() -> N
                 assert 0.15 < took < 1.0
             status, reply = await post(node, "garbage", infer_body(x, deadline_ms=200))
             assert status == 503 and "circuit open" in reply["error"], reply
-            gateway = node._status(None, [])["gateway"]  # type: ignore[arg-type]
+            gateway = node.status()["gateway"]
             assert gateway["state"] in ("open", "half_open")
             assert counters(node)["offload_failed"] == 4

@@ -1,0 +1,103 @@
+"""The node as msgpack-RPC sees it: its method table and each method's parameters.
+
+The methods a client calls (``infer``, ``models``, ``status``, ``ping``,
+``drain``) and the messages between peers (``steal`` and the ``gossip``,
+``result``, ``handoff``, ``cancel``, ``nudge``, ``giveback`` and ``leaving``
+notifications), each handed to the part of the node that acts on it. Kept
+apart from :class:`~mesh.node.node.Node` as :mod:`mesh.node.http_face` is:
+the node runs things, the faces speak a protocol.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mesh.core.membership.leaving import LEAVING
+from mesh.core.wire.catalog import parse_models_params
+from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
+from mesh.core.wire.requests import parse_infer
+from mesh.core.wire.tensors import encode_tensors
+from mesh.errors import BadRequest, MeshError
+from mesh.node.membership import GOSSIP
+from mesh.rpc import Methods, RpcConnection
+
+if TYPE_CHECKING:  # the node imports this module; only types flow back
+    from mesh.node.node import Node
+
+__all__ = ["NodeRpcFace"]
+
+
+class NodeRpcFace:
+    """Builds the :class:`~mesh.rpc.Methods` a node serves."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def methods(self) -> Methods:
+        """The node's method table: inline, concurrent and notifications."""
+        node = self._node
+        return Methods(
+            inline={
+                "ping": self._ping,
+                "status": self._status,
+                "drain": self._drain,
+                STEAL: lambda c, p: node.work.on_steal(c, p),
+            },
+            concurrent={"infer": self._infer, "models": self._models},
+            notifications={
+                GOSSIP: self._on_gossip,
+                RESULT: lambda c, p: node.work.on_result(c, p),
+                HANDOFF: lambda c, p: node.work.on_handoff(c, p),
+                CANCEL: lambda c, p: node.work.on_cancel(c, p),
+                NUDGE: lambda c, p: node.work.on_nudge(c, p),
+                GIVE_BACK: lambda c, p: node.work.on_giveback(c, p),
+                LEAVING: self._on_leaving,
+            },
+        )
+
+    def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
+        membership = self._node.membership
+        if membership is not None:
+            membership.on_gossip(connection, params)
+
+    def _on_leaving(self, connection: RpcConnection, params: list[Any]) -> None:
+        membership = self._node.membership
+        if membership is not None:
+            membership.on_leaving(connection, params)
+
+    def _drain(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        # With a mesh key only a caller that passed the handshake gets here
+        # (the connection refuses any call before it), as for every method.
+        _no_params("drain", params)
+        return self._node.drain_info()
+
+    def _ping(self, _: RpcConnection, params: list[Any]) -> str:
+        _no_params("ping", params)
+        return "pong"
+
+    async def _models(self, _: RpcConnection, params: list[Any]) -> Any:
+        # No params: the local list, as always; {"scope": "mesh"}: see mesh.core.wire.catalog.
+        if parse_models_params(params) == "local":
+            return self._node.local_models()
+        return await self._node.mesh_models()
+
+    def _status(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        _no_params("status", params)
+        return self._node.status()
+
+    async def _infer(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        try:
+            request = parse_infer(params)
+        except MeshError as exc:
+            self._node.refused(exc)
+            raise
+        answer = await self._node.infer(request)
+        outputs = encode_tensors(answer.outputs)
+        if request.detail:
+            return {"outputs": outputs, "ran_on": answer.ran_on}
+        return outputs
+
+
+def _no_params(method: str, params: list[Any]) -> None:
+    if params:
+        raise BadRequest(f"{method} takes no parameters, got {len(params)}")
