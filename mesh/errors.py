@@ -21,11 +21,13 @@ boundary where they happen, so callers only ever need ``except MeshError``::
     ├── ModelError
     │   ├── ModelNotFound
     │   ├── ModelIntegrityError    a model file does not match its manifest
+    │   ├── ModelTransferFailed    no peer delivered a verified copy of a model
     │   ├── InvalidInput           inputs do not match the model's signature
     │   └── InferenceFailed        the runtime failed on valid inputs
     ├── Overloaded                 no capacity now (too many in flight, ...)
     ├── DeadlineExceeded           the request's deadline passed before an answer
     ├── AuthError                  mesh-key handshake missing or failed
+    │   └── Forbidden              authenticated, but this role may not do that
     └── InternalError              a bug on the answering side (logged there)
 
 On the wire an error is ``[code, message]`` where ``code`` is the class's
@@ -45,6 +47,7 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "Draining",
+    "Forbidden",
     "InferenceFailed",
     "InternalError",
     "InvalidInput",
@@ -54,6 +57,7 @@ __all__ = [
     "ModelError",
     "ModelIntegrityError",
     "ModelNotFound",
+    "ModelTransferFailed",
     "NameTaken",
     "Overloaded",
     "PeerUnavailable",
@@ -188,6 +192,12 @@ class ModelIntegrityError(ModelError):
     code = "ModelIntegrityError"
 
 
+class ModelTransferFailed(ModelError):
+    """No holder delivered a copy of a model whose size and sha256 check out."""
+
+    code = "ModelTransferFailed"
+
+
 class InvalidInput(ModelError):
     """The inputs do not match the model's declared signature."""
 
@@ -216,6 +226,12 @@ class AuthError(MeshError):
     """The mesh-key handshake was missing, failed, or did not match."""
 
     code = "AuthError"
+
+
+class Forbidden(AuthError):
+    """The caller is who it says, but its role (client or node) may not do this."""
+
+    code = "Forbidden"
 
 
 class InternalError(MeshError):
