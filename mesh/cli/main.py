@@ -1,7 +1,8 @@
 """The ``edgemesh`` command line: one parser, a module per command family.
 
 Subcommands: ``node`` (run a node), ``gateway`` (run a cloud gateway),
-``infer``, ``models`` and ``status`` (talk to a running node), ``drain`` (shut
+``infer``, ``models`` and ``status`` (talk to a running node; ``models pull``
+and ``models push`` give it a model), ``drain`` (shut
 a node down gracefully), ``demo`` (see it all work on this machine).
 """
 
@@ -18,6 +19,7 @@ from mesh.cli.client_commands import add_client_commands
 from mesh.cli.demo_command import add_demo_command
 from mesh.cli.drain_command import add_drain_command
 from mesh.cli.gateway_command import add_gateway_command
+from mesh.cli.model_commands import add_model_commands
 from mesh.cli.node_command import add_node_command
 from mesh.errors import AddressInUse, AddressUnavailable, ConfigError, MeshError, NameTaken
 
@@ -109,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_node_command(commands)
     add_client_commands(commands)
+    # `models pull` and `models push` live under `models`, which lists.
+    add_model_commands(commands.choices["models"])
     add_demo_command(commands)
     add_gateway_command(commands)
     add_drain_command(commands)

@@ -24,7 +24,10 @@ from mesh.core.wire.model_transfer import (
     ChunkAsk,
     ModelFileInfo,
     ModelRef,
+    Offer,
     PushBegin,
+    Sources,
+    choose_sources,
     chunk_span,
     parse_chunk,
     parse_describe,
@@ -163,7 +166,7 @@ def test_model_refs(text: str, expected: ModelRef) -> None:
     assert str(expected) == text
 
 
-@pytest.mark.parametrize("text", ["", ":1", "a b", "digits:", "digits:../x", "x:" + "9" * 65])
+@pytest.mark.parametrize("text", ["", ":1", "a b", "digits:", "digits:../x", "x:" + "9" * 33])
 def test_bad_model_refs(text: str) -> None:
     if text == "digits:":
         assert parse_model_ref(text) == ModelRef("digits")  # an empty version is none
@@ -250,3 +253,49 @@ _PARSERS = [
 def test_any_message_parses_or_is_refused_with_a_mesh_error(params: list[Any], parse: Any) -> None:
     with contextlib.suppress(MeshError):
         parse(params)
+
+
+A, B = "a" * 64, "b" * 64
+SOURCE_CASES: list[tuple[str, ModelRef, list[Offer], Sources | None]] = [
+    ("nobody offers it", ModelRef("m"), [Offer("p", "other", "1", A)], None),
+    ("pinned version absent", ModelRef("m", "3"), [Offer("p", "m", "1", A)], None),
+    (
+        "newest version, numbers as numbers",
+        ModelRef("m"),
+        [Offer("p", "m", "9", A), Offer("q", "m", "10", B), Offer("r", "m", "beta", A)],
+        Sources("10", B, ("q",)),
+    ),
+    (
+        "pinned version",
+        ModelRef("m", "9"),
+        [Offer("p", "m", "9", A), Offer("q", "m", "10", B)],
+        Sources("9", A, ("p",)),
+    ),
+    (
+        "least busy first, then by name",
+        ModelRef("m"),
+        [Offer("z", "m", "1", A), Offer("b", "m", "1", A, 2.0), Offer("a", "m", "1", A)],
+        Sources("1", A, ("a", "z", "b")),
+    ),
+    (
+        "peers disagree on the bytes: the majority's",
+        ModelRef("m"),
+        [Offer("p", "m", "1", A), Offer("q", "m", "1", B), Offer("r", "m", "1", B)],
+        Sources("1", B, ("q", "r")),
+    ),
+    (
+        "gossip without versions",
+        ModelRef("m"),
+        [Offer("p", "m", None, A)],
+        Sources(None, A, ("p",)),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("ref", "offers", "expected"),
+    [case[1:] for case in SOURCE_CASES],
+    ids=[case[0] for case in SOURCE_CASES],
+)
+def test_choose_sources(ref: ModelRef, offers: list[Offer], expected: Sources | None) -> None:
+    assert choose_sources(ref, offers) == expected
