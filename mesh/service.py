@@ -9,6 +9,7 @@ The front end never needs to know which.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,10 +26,15 @@ SERVER_NAME = "edgemesh"
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """What a request produced, and where it ran (a node's name, or ``"gateway"``)."""
+    """What a request produced, and where it ran (a node's name, or ``"gateway"``).
+
+    ``escalation`` is set for a model with an escalation rule: the flat
+    answer fields of :mod:`mesh.node.escalation` (``escalated``, ...).
+    """
 
     outputs: Tensors
     ran_on: str
+    escalation: Mapping[str, Any] | None = None
 
 
 class InferenceService(Protocol):

@@ -142,6 +142,14 @@ def add_node_command(commands: Any) -> None:
         "or, with none, get Overloaded (default: 1024)",
     )
     node.add_argument(
+        "--escalate",
+        metavar="MODEL=TARGET@THRESHOLD[:OUTPUT]",
+        action="append",
+        help="joint inference: MODEL's answer rows whose top probability (in output OUTPUT, "
+        "default probabilities) is below THRESHOLD are re-run on TARGET, here, on a peer or "
+        "on the gateway (repeatable; replaces the manifest's escalate rule)",
+    )
+    node.add_argument(
         "--emulate-speed",
         metavar="F",
         help="for experiments: behave like a device F times as fast as the reference "

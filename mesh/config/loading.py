@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mesh.config.escalation import escalation_rules
 from mesh.config.settings import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -202,6 +203,7 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "gateway_timeout": _positive_float,
     "default_deadline_ms": _positive_number,
     "queue_cap": _positive_int,
+    "escalate": escalation_rules,
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
     "drain_timeout": _non_negative_float,
@@ -369,6 +371,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
             ),
             queue_cap=settings.get("queue_cap", defaults.fallback.queue_cap),
         ),
+        escalation=settings.get("escalate", ()),
         ready_file=None if ready_file is None else Path(ready_file),
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),

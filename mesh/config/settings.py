@@ -13,6 +13,7 @@ from pathlib import Path
 
 # Defined beside the rules that use them, so that mesh.core imports nothing from here.
 from mesh.core.policy.breaker import BreakerConfig as BreakerConfig
+from mesh.core.policy.escalation import EscalationRule
 from mesh.core.wire.framing import DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -186,6 +187,8 @@ class NodeConfig:
     # The cloud gateway; None keeps every request in the mesh.
     gateway: GatewayClientConfig | None = None
     fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    # Joint inference rules, one per model; each replaces its manifest's.
+    escalation: tuple[EscalationRule, ...] = ()
     # Written as JSON once the node listens, for scripts and supervisors.
     ready_file: Path | None = None
     log_level: str = "info"

@@ -38,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from mesh.config import HttpConfig
+from mesh.core.policy.escalation import parse_override
 from mesh.core.wire import catalog, oip
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
@@ -226,6 +227,11 @@ async def _infer(request: web.Request) -> web.Response:
             inputs=parsed.inputs,
             request_id=parsed.id,
             deadline_ms=parsed.deadline_ms,
+            escalation=parse_override(
+                parsed.parameters.get("escalate"),
+                parsed.parameters.get("escalate_threshold"),
+                "the request's parameters",
+            ),
         )
     )
     outputs = _selected_outputs(parsed, answer)
@@ -235,7 +241,8 @@ async def _infer(request: web.Request) -> web.Response:
         request_id=parsed.id,
         outputs=outputs,
         binary=parsed.binary_outputs(outputs),
-        parameters={"ran_on": answer.ran_on},
+        # Joint inference's fields (escalated, ...) are scalars, as V2 parameters must be.
+        parameters={"ran_on": answer.ran_on, **(answer.escalation or {})},
     )
     if json_length is None:
         return web.Response(body=payload, content_type=_JSON)

@@ -50,6 +50,7 @@ from mesh.mdns import MdnsDiscovery, check_own_addresses
 from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
+from mesh.node.escalation import JointInference, manifest_rules, rules_by_model
 from mesh.node.http_face import NodeHttpFace
 from mesh.node.membership import MeshMembership, SelfInfo
 from mesh.node.routing import Fallback
@@ -89,6 +90,7 @@ class Node:
         self._membership: MeshMembership | None = None
         self._work: WorkSharing | None = None
         self._fallback: Fallback | None = None
+        self._joint: JointInference | None = None
         self._gateway: GatewayClient | None = None
         self._http: HttpServer | None = None
         self._counters = RequestCounters()
@@ -233,6 +235,14 @@ class Node:
             link=self._link,
         )
         self._fallback = Fallback(work, self._gateway, config.fallback)
+        # Joint inference wraps routing: its second stage is routed like any request.
+        self._joint = JointInference(
+            rules_by_model(
+                manifest_rules(config.runtime.model_dirs), config.escalation, self.runtime.specs()
+            ),
+            self._fallback.infer,
+            default_deadline_ms=config.fallback.default_deadline_ms,
+        )
         membership = self._membership = MeshMembership(
             me=SelfInfo(
                 name=config.name,
@@ -455,6 +465,7 @@ class Node:
             "http": {"port": self.http_port},
             "gateway": None if self._gateway is None else self._gateway.status(),
             "routing": {} if self._fallback is None else self._fallback.status(),
+            "escalation": {} if self._joint is None else self._joint.status(),
             "counters": self._counters.to_status(
                 Counter() if self._work is None else self._work.scheduler.counters,
                 Counter() if self._fallback is None else self._fallback.counters,
@@ -470,7 +481,7 @@ class Node:
 
     async def infer(self, request: InferRequest) -> Answer:
         """Route ``request`` (mesh or gateway) and count it; RPC and HTTP both come here."""
-        if self._fallback is None:
+        if self._joint is None:
             raise RuntimeError("the node is not serving yet")
         if self.draining:
             # Counted like any failure, but before routing: not even the
@@ -479,7 +490,7 @@ class Node:
             self._counters.refused(exc)
             raise exc
         with self._counters.routing():
-            return await self._fallback.infer(request)
+            return await self._joint.infer(request)
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
         """V2 metadata of ``name``: ours, else a peer's that runs it, else the gateway's."""

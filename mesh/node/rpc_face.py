@@ -94,7 +94,10 @@ class NodeRpcFace:
         answer = await self._node.infer(request)
         outputs = encode_tensors(answer.outputs)
         if request.detail:
-            return {"outputs": outputs, "ran_on": answer.ran_on}
+            detail = {"outputs": outputs, "ran_on": answer.ran_on}
+            if answer.escalation is not None:
+                detail["escalation"] = dict(answer.escalation)
+            return detail
         return outputs
 
 

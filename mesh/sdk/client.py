@@ -244,6 +244,8 @@ class MeshClient:
         deadline: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        escalate: bool | None = None,
+        escalate_threshold: float | None = None,
     ) -> Inference:
         """Run ``model`` on ``inputs`` (input name → array); outputs by name, and where it ran.
 
@@ -253,13 +255,17 @@ class MeshClient:
         this client waits for the answer, failovers included (default: the
         client's timeout, or the deadline plus a second if that is longer).
         ``request_id`` names the request (default: a fresh unique id); a
-        failover re-sends it under the same id.
+        failover re-sends it under the same id. For a model with an escalation
+        rule, ``escalate=False`` keeps the edge answer and ``escalate_threshold``
+        replaces the rule's threshold for this request.
         """
         encoded = encode_inputs(inputs)
+        choices = {"escalate": escalate, "escalate_threshold": escalate_threshold}
         rid = request_id if request_id is not None else f"{self._id_prefix}-{next(self._ids)}"
 
         def params(elapsed: float, attempt: int) -> list[Any]:
             options: dict[str, Any] = {"request_id": rid, "detail": True}
+            options.update((k, v) for k, v in choices.items() if v is not None)
             if deadline is not None:
                 left = deadline_left_s(deadline, elapsed, attempt)
                 if left is None:

@@ -35,18 +35,33 @@ class Inference(dict[str, NDArray[Any]]):
 
     ``ran_on`` is the name of the node that ran it, or ``"gateway"``; ``node``
     the address of the node that answered (the request's entry node);
-    ``request_id`` the id it was sent under, on every try.
+    ``request_id`` the id it was sent under, on every try. For a model with an
+    escalation rule, ``escalation`` holds the answer's joint-inference fields
+    (``escalated``, ``escalation_ran_on``, ``escalation_reason``, ...; see
+    the README) and ``escalated`` says whether the target model answered any row.
     """
 
-    __slots__ = ("node", "ran_on", "request_id")
+    __slots__ = ("escalation", "node", "ran_on", "request_id")
 
     def __init__(
-        self, outputs: Mapping[str, NDArray[Any]], *, ran_on: str, node: str, request_id: str
+        self,
+        outputs: Mapping[str, NDArray[Any]],
+        *,
+        ran_on: str,
+        node: str,
+        request_id: str,
+        escalation: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(outputs)
         self.ran_on = ran_on
         self.node = node
         self.request_id = request_id
+        self.escalation = escalation
+
+    @property
+    def escalated(self) -> bool | None:
+        """Whether rows escalated to a bigger model; None when the model has no rule."""
+        return None if self.escalation is None else bool(self.escalation.get("escalated"))
 
     def __repr__(self) -> str:
         shapes = ", ".join(
@@ -189,7 +204,12 @@ def inference_from_reply(reply: object, *, node: str, request_id: str) -> Infere
         outputs = decode_tensors(reply.get("outputs"), what="outputs")
     except InvalidInput as exc:
         raise ProtocolError(f"the node's infer reply is malformed: {exc.message}") from None
-    return Inference(outputs, ran_on=reply["ran_on"], node=node, request_id=request_id)
+    escalation = reply.get("escalation")
+    if escalation is not None and not isinstance(escalation, dict):
+        raise ProtocolError("the node's infer reply has an 'escalation' that is not a map")
+    return Inference(
+        outputs, ran_on=reply["ran_on"], node=node, request_id=request_id, escalation=escalation
+    )
 
 
 def encode_inputs(inputs: Mapping[str, ArrayLike]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from mesh.core.models.fields import quoted, read_accuracy, read_bool, read_sha256, read_string
 from mesh.core.models.signatures import TensorSpec, check_model_name, parse_tensor_list
+from mesh.core.policy.escalation import EscalationRule, parse_rule
 from mesh.errors import ConfigError
 
 __all__ = ["ManifestEntry", "parse_manifest"]
@@ -35,11 +36,13 @@ class ManifestEntry:
     compute_only: bool = False
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
+    # Joint inference: where this model's unsure answers go (None: nowhere).
+    escalate: EscalationRule | None = None
 
 
 _ENTRY_REQUIRED = ("version", "file", "sha256")
 _ENTRY_KEYS = frozenset(
-    {*_ENTRY_REQUIRED, "description", "accuracy", "compute_only", "inputs", "outputs"}
+    {*_ENTRY_REQUIRED, "description", "accuracy", "compute_only", "inputs", "outputs", "escalate"}
 )
 
 
@@ -96,6 +99,9 @@ def _parse_entry(name: str, table: object) -> ManifestEntry:
         compute_only=read_bool(table, "compute_only", where, default=False),
         inputs=None if inputs is None else parse_tensor_list(inputs, f"{where}, key 'inputs'"),
         outputs=None if outputs is None else parse_tensor_list(outputs, f"{where}, key 'outputs'"),
+        escalate=None
+        if table.get("escalate") is None
+        else parse_rule(name, table["escalate"], f"{where}, key 'escalate'"),
     )
 
 

@@ -4,7 +4,10 @@
 map of input name to tensor map, ``options`` a map with optional
 ``request_id`` (a string the caller picks, so that retries can be recognised),
 ``deadline_ms`` (how long, from arrival, the caller is willing to wait) and
-``detail`` (true: answer ``{"outputs": ..., "ran_on": node name}``).
+``detail`` (true: answer ``{"outputs": ..., "ran_on": node name}``), and for a
+model with an escalation rule ``escalate`` (false: the edge answer only) and
+``escalate_threshold`` (this request's own threshold; see
+:mod:`mesh.core.policy.escalation`).
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from mesh.core.policy.escalation import NO_OVERRIDE, Override, parse_override
 from mesh.core.wire.tensors import decode_tensors
 from mesh.errors import BadRequest
 
 __all__ = ["MAX_REQUEST_ID_LENGTH", "InferRequest", "parse_infer"]
 
 MAX_REQUEST_ID_LENGTH = 128
-_OPTIONS = frozenset({"request_id", "deadline_ms", "detail"})
+_OPTIONS = frozenset({"request_id", "deadline_ms", "detail", "escalate", "escalate_threshold"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class InferRequest:
     deadline_ms: float | None = None
     # Answer {"outputs": ..., "ran_on": node} instead of the outputs alone.
     detail: bool = False
+    # Joint inference: opt out, or another threshold (NO_OVERRIDE: the rule's).
+    escalation: Override = NO_OVERRIDE
 
 
 def parse_infer(params: list[Any]) -> InferRequest:
@@ -78,4 +84,7 @@ def parse_infer(params: list[Any]) -> InferRequest:
         inputs=inputs,
         request_id=request_id,
         deadline_ms=None if deadline_ms is None else float(deadline_ms),
+        escalation=parse_override(
+            options.get("escalate"), options.get("escalate_threshold"), "infer"
+        ),
     )
