@@ -45,6 +45,7 @@ from mesh.core.membership.peers import (
     parse_gossip,
 )
 from mesh.core.wire.addresses import format_address, parse_address
+from mesh.core.wire.auth import NODE
 from mesh.core.wire.framing import encode_notification
 from mesh.errors import AuthError, MeshError
 from mesh.log_once import WarnOnce
@@ -273,6 +274,16 @@ class MeshMembership:
                 f"gossip:{connection.peer}", "bad gossip from %s: %s", connection.peer, exc.message
             )
             return
+        if connection.peer_name and gossip.name != connection.peer_name:
+            # A node speaks for itself only: its handshake named it.
+            self._warn_once(
+                f"gossip-name:{connection.peer}",
+                "ignoring gossip from %s: it says it is %s but its handshake named it %s",
+                connection.peer,
+                gossip.name,
+                connection.peer_name,
+            )
+            return
         if gossip.mesh_id != self.me.mesh_id:
             self._warn_once(
                 f"mesh:{gossip.name}",
@@ -424,7 +435,10 @@ class MeshMembership:
 
     async def _connect_once(self, host: str, port: int, where: str) -> str | None:
         """One connection's life: its name when it ended, None if it never came up, "" to stop."""
-        client = RpcClient(host, port, config=self._rpc, key=self._key)
+        # Our own links say we are a node (by name): peers' methods need it.
+        client = RpcClient(
+            host, port, config=self._rpc, key=self._key, role=NODE, name=self.me.name
+        )
         try:
             await client.connect()
         except AuthError as exc:

@@ -17,14 +17,18 @@ from mesh.core.wire.catalog import parse_models_params
 from mesh.core.wire.handover import CANCEL, GIVE_BACK, HANDOFF, NUDGE, RESULT, STEAL
 from mesh.core.wire.requests import parse_infer
 from mesh.core.wire.tensors import encode_tensors
-from mesh.errors import BadRequest, MeshError
+from mesh.errors import BadRequest, Forbidden, MeshError
 from mesh.node.membership import GOSSIP
 from mesh.rpc import Methods, RpcConnection
 
 if TYPE_CHECKING:  # the node imports this module; only types flow back
     from mesh.node.node import Node
 
-__all__ = ["NodeRpcFace"]
+__all__ = ["PEER_METHODS", "NodeRpcFace"]
+
+# What only a mesh node may call or send (the handshake's role, see
+# mesh.core.wire.auth); a client gets Forbidden. A new peer method joins here.
+PEER_METHODS = frozenset({STEAL, GOSSIP, RESULT, HANDOFF, CANCEL, NUDGE, GIVE_BACK, LEAVING})
 
 
 class NodeRpcFace:
@@ -56,6 +60,7 @@ class NodeRpcFace:
         )
 
     def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
+            peer_only=PEER_METHODS,
         membership = self._node.membership
         if membership is not None:
             membership.on_gossip(connection, params)
@@ -65,9 +70,12 @@ class NodeRpcFace:
         if membership is not None:
             membership.on_leaving(connection, params)
 
-    def _drain(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+    def _drain(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
         # With a mesh key only a caller that passed the handshake gets here
-        # (the connection refuses any call before it), as for every method.
+        # (the connection refuses any call before it), as for every method;
+        # a client key may use the mesh, not take a node out of it.
+        if connection.by_client_key:
+            raise Forbidden("drain needs the mesh key; a client key cannot drain a node")
         _no_params("drain", params)
         return self._node.drain_info()
 

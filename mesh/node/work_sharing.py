@@ -61,7 +61,7 @@ from mesh.core.wire.handover import (
     parse_steal_ask,
 )
 from mesh.core.wire.requests import InferRequest
-from mesh.errors import Draining, InternalError, MeshError
+from mesh.errors import Draining, Forbidden, InternalError, MeshError
 from mesh.log_once import WarnOnce
 from mesh.node.local_runs import LocalRuns
 from mesh.rpc import RpcConnection
@@ -195,7 +195,7 @@ class WorkSharing:
     # --- what peers send ----------------------------------------------------------
 
     def on_steal(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
-        """``steal``: hand queued work to the thief that asks."""
+        """``steal``: hand queued work to the thief that asks (as itself only)."""
         ask = parse_steal_ask(params)
         now = self._now()
         if connection.closed:
@@ -208,14 +208,15 @@ class WorkSharing:
         return reply
 
     def on_result(self, connection: RpcConnection, params: list[Any]) -> None:
-        """``result``: a peer ran one of our requests."""
+        """``result``: a peer ran one of our requests; taken only from the node
+        holding it, as its connection's handshake names it."""
         notice = self._parse(parse_result, params, connection)
         if notice is None or notice.owner_id != self.node_id:
             return
         self._do(
-            self.scheduler.result(notice.seq, notice.epoch, self._now()),
+            self.scheduler.result(notice.seq, notice.epoch, self._now(), sender),
             outcome=notice.outcome,
-            ran_on=notice.ran_on,
+            ran_on=sender,
         )
 
     def on_handoff(self, connection: RpcConnection, params: list[Any]) -> None:
@@ -224,10 +225,23 @@ class WorkSharing:
         if notice is None or notice.owner_id != self.node_id:
             return
         self.scheduler.handoff(
-            notice.seq, notice.epoch, notice.holder, notice.lease_s, self._now(), notice.ask
+            notice.seq,
+            notice.epoch,
+            notice.holder,
+            notice.lease_s,
+            self._now(),
+            notice.ask,
+            sender=connection.peer_name,
         )
         self._rearm()
 
+        if ask.thief != connection.peer_name:
+            # Jobs are bound to the thief's name: results are accepted only
+            # from the connection whose handshake gave that name.
+            raise Forbidden(
+                f"steal ask names thief {ask.thief!r} but this connection's handshake "
+                f"named {connection.peer_name!r}; a node steals as itself"
+            )
     def on_cancel(self, connection: RpcConnection, params: list[Any]) -> None:
         """``cancel``: an owner no longer wants a request we hold."""
         key = self._parse(parse_cancel, params, connection)
@@ -243,6 +257,10 @@ class WorkSharing:
     def on_giveback(self, connection: RpcConnection, params: list[Any]) -> None:
         """``giveback``: a draining holder hands one of our requests back unrun."""
         notice = self._parse(parse_giveback, params, connection)
+        sender = connection.peer_name
+        if notice.ran_on != sender:
+            self._refuse(connection, f"a result that says it ran on {notice.ran_on!r}")
+            return
         if notice is None or notice.owner_id != self.node_id:
             return
         self._do(self.scheduler.given_back(notice.seq, notice.epoch, notice.holder, self._now()))
@@ -276,6 +294,9 @@ class WorkSharing:
     def holding(self) -> Holding:
         """What this node holds for other owners, for its gossip."""
         return self.scheduler.holding()
+        if notice.holder != connection.peer_name:
+            self._refuse(connection, f"a giveback for holder {notice.holder!r}")
+            return
 
     def on_peer_gone(self, name: str) -> None:
         """A peer died or restarted (from membership)."""
@@ -430,3 +451,12 @@ class WorkSharing:
 
     def _now(self) -> float:
         return self._loop.time()
+    def _refuse(self, connection: RpcConnection, what: str) -> None:
+        self._warn_once(
+            f"forged:{connection.peer}",
+            "ignoring %s from %s: its handshake named it %r",
+            what,
+            connection.peer,
+            connection.peer_name,
+        )
+

@@ -17,9 +17,13 @@ __all__ = ["RpcClient"]
 class RpcClient:
     """One outgoing connection with the handshake done; use as ``async with``.
 
-    ``key`` is the mesh key: with one, the client refuses a node that cannot
-    prove it holds the same key (and an open node); without one, it refuses
-    a node that demands a key, with a clear :class:`AuthError`.
+    ``key`` is the mesh key (or a client key): with one, the client refuses
+    a node that cannot prove it holds the same key (and an open node);
+    without one, it refuses a node that demands a key, with a clear
+    :class:`AuthError`. ``role`` is what the handshake claims: ``"client"``
+    (infer, models, status, ping) or ``"node"`` (a mesh member, which must
+    give its ``name``). ``seal`` (default: the config's) offers to seal the
+    link; with a key, the node then seals every frame after the handshake.
     """
 
     def __init__(
@@ -30,12 +34,20 @@ class RpcClient:
         config: RpcConfig | None = None,
         key: bytes | None = None,
         methods: Methods | None = None,
+        role: str = auth.CLIENT,
+        name: str = "",
+        seal: bool | None = None,
     ) -> None:
+        if role not in auth.ROLES or (role == auth.NODE and not name):
+            raise ValueError("role must be 'client', or 'node' with a name")
         self.host = host
         self.port = port
         self._config = config or RpcConfig()
         self._key = key
         self._methods = methods or Methods()
+        self._role = role
+        self._name = name
+        self._seal = self._config.seal if seal is None else seal
         self._connection: RpcConnection | None = None
         self._runner: asyncio.Task[None] | None = None
         self.hello: dict[str, Any] = {}
@@ -86,7 +98,20 @@ class RpcClient:
     async def _handshake(self) -> None:
         client_nonce = secrets.token_bytes(auth.NONCE_BYTES)
         timeout = self._config.connect_timeout_s
-        first = await self.connection.call("hello", [{"nonce": client_nonce}], timeout=timeout)
+        offer = auth.SEAL_SUITES if self._seal and self._key is not None else ()
+        claims = auth.Claims(
+            role=self._role,
+            name=self._name,
+            seal=offer,
+            key_id=None if self._key is None else auth.mesh_id(self._key),
+            version=2,
+        )
+        hello: dict[str, Any] = {"nonce": client_nonce, "role": claims.role, "seal": list(offer)}
+        if claims.name:
+            hello["name"] = claims.name
+        if claims.key_id is not None:
+            hello["key_id"] = claims.key_id
+        first = await self.connection.call("hello", [hello], timeout=timeout)
         if not isinstance(first, dict):
             raise ProtocolError(f"hello answered {type(first).__name__}; expected a map")
         mode = first.get("auth")
@@ -103,9 +128,24 @@ class RpcClient:
         if self._key is None:
             raise AuthError(f"{where} requires a mesh key; give one (--mesh-key-file or mesh_key=)")
         server_nonce = auth.check_nonce(first.get("nonce"))
-        auth.verify_server_proof(self._key, client_nonce, server_nonce, first.get("proof"))
-        proof = auth.client_proof(self._key, client_nonce, server_nonce)
-        second = await self.connection.call("hello", [{"proof": proof}], timeout=timeout)
+        choice = first.get("seal", auth.SEAL_NONE)
+        if choice != auth.SEAL_NONE and choice not in offer:
+            raise ProtocolError(f"hello: {where} chose sealing {choice!r}, which we did not offer")
+        binds = auth.transcript(claims, str(choice))
+        auth.verify_server_proof(self._key, client_nonce, server_nonce, first.get("proof"), binds)
+        proof = auth.client_proof(self._key, client_nonce, server_nonce, binds)
+        session = auth.Session(
+            role=claims.role,
+            name=claims.name,
+            seal=str(choice),
+            key=self._key,
+            client_nonce=client_nonce,
+            server_nonce=server_nonce,
+            transcript=binds,
+        )
+        second = await self.connection.finish_handshake(
+            [{"proof": proof}], session, timeout=timeout
+        )
         if not isinstance(second, dict) or second.get("auth") != "ok":
             raise AuthError(f"{where} did not accept our mesh-key proof")
         self.hello = second

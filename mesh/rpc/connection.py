@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.config import RpcConfig
-from mesh.core.wire import auth
+from mesh.core.wire import auth, sealing
 from mesh.core.wire.framing import (
     MAX_MSGID,
     NEED_DATA,
@@ -36,6 +36,7 @@ from mesh.core.wire.framing import (
 )
 from mesh.errors import (
     AuthError,
+    Forbidden,
     InternalError,
     MeshError,
     MethodNotFound,
@@ -57,6 +58,8 @@ ERROR_NOTICE = "error"
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Messages at least this big are written on their own rather than joined.
 _JOIN_LIMIT = 64 * 1024
+# On a sealed link, small messages are joined into frames of up to this much.
+_SEAL_JOIN_LIMIT = 256 * 1024
 
 InlineMethod = Callable[["RpcConnection", list[Any]], Any]
 ConcurrentMethod = Callable[["RpcConnection", list[Any]], Awaitable[Any]]
@@ -72,11 +75,16 @@ class Methods:
     per call. ``concurrent`` methods (``infer``) each run in their own task
     so that a slow one never holds up the others, up to the connection's
     in-flight limit. ``notifications`` are one-way messages; they get no reply.
+
+    ``peer_only`` names the methods and notifications only a caller that
+    passed the handshake as a node may use (see :mod:`mesh.core.wire.auth`);
+    a client calling one is answered :class:`~mesh.errors.Forbidden`.
     """
 
     inline: Mapping[str, InlineMethod] = field(default_factory=dict)
     concurrent: Mapping[str, ConcurrentMethod] = field(default_factory=dict)
     notifications: Mapping[str, NotificationHandler] = field(default_factory=dict)
+    peer_only: frozenset[str] = frozenset()
 
     def names(self) -> list[str]:
         """Every callable method name, sorted."""
@@ -129,11 +137,44 @@ class RpcConnection(asyncio.Protocol):
         # When the peer last sent us anything (loop time; -inf before it did):
         # membership counts any message, not only gossip, as a sign of life.
         self.last_received = float("-inf")
+        # Sealing (mesh.core.wire.sealing): None on a plain link. _switch is
+        # set by the handshake's last message: every byte after it is sealed.
+        self._sealer: sealing.Sealer | None = None
+        self._opener: sealing.Opener | None = None
+        self._switch: auth.Session | None = None
+        # The client side's final hello, whose answer starts sealing.
+        self._seal_msgid: int | None = None
+        self._seal_session: auth.Session | None = None
+        # A client's own role claim; the server side's comes from its handshake.
+        self._warned_role = False
 
     @property
     def closed(self) -> bool:
         """True once the connection is closing or closed; calls then fail at once."""
         return self._closing
+
+    @property
+    def role(self) -> str:
+        """The peer's role: for a server, what its handshake proved (``"client"``
+        until then); for the side that dialed, ``"node"`` (we only dial nodes)."""
+        if self._handshake is None:
+            return auth.NODE
+        return self._handshake.session.role
+
+    @property
+    def peer_name(self) -> str:
+        """The node name the peer's handshake declared ("" for a client or the dialing side)."""
+        return "" if self._handshake is None else self._handshake.session.name
+
+    @property
+    def by_client_key(self) -> bool:
+        """Whether the peer proved the node's client key (a client only, never a member)."""
+        return self._handshake is not None and self._handshake.session.by_client_key
+
+    @property
+    def sealed(self) -> bool:
+        """Whether frames on this link are sealed now."""
+        return self._sealer is not None
 
     @property
     def in_flight(self) -> int:
@@ -155,17 +196,54 @@ class RpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_received = self._loop.time()
         try:
-            self._framing.receive_data(data)
-            while not self._closing:
-                event = self._framing.next_event()
-                if event is NEED_DATA:
-                    break
-                self._dispatch(event)  # type: ignore[arg-type]
+            if self._opener is not None:
+                for plaintext in self._opener.receive_data(data):
+                    if self._closing:
+                        break
+                    self._feed(plaintext)
+            else:
+                self._feed(data)
+                if self._switch is not None:
+                    self._start_sealing(self._switch, data)
         except ProtocolError as exc:
             log.warning("closing connection with %s: %s", self.peer, exc.message)
             self._send(self._framing.notification(ERROR_NOTICE, exc.to_wire()))
             self.close(exc)
         self._flush()
+
+    def _feed(self, data: bytes) -> None:
+        self._framing.receive_data(data)
+        while not self._closing and self._switch is None:
+            event = self._framing.next_event()
+            if event is NEED_DATA:
+                break
+            self._dispatch(event)  # type: ignore[arg-type]
+
+    def _start_sealing(self, session: auth.Session, data: bytes) -> None:
+        """The handshake's last message was just parsed: seal from the next byte on.
+
+        What was queued before it (the server's ``ok``) still goes out plain.
+        Bytes that came after it in the same chunk are already sealed frames.
+        """
+        self._switch = None
+        assert session.key is not None
+        to_server, to_client = sealing.derive_keys(
+            session.key, session.client_nonce, session.server_nonce, session.transcript
+        )
+        serving = self._handshake is not None
+        self._flush()
+        limit = max(self._config.max_message_bytes, _SEAL_JOIN_LIMIT)
+        self._sealer = sealing.Sealer(session.seal, to_client if serving else to_server)
+        self._opener = sealing.Opener(
+            session.seal, to_server if serving else to_client, max_plaintext=limit
+        )
+        rest = self._framing.buffered
+        if rest:
+            if rest > len(data):
+                raise ProtocolError("plain bytes before the end of the handshake's last message")
+            self._framing = RpcFraming(max_message_size=self._config.max_message_bytes)
+            for plaintext in self._opener.receive_data(data[len(data) - rest :]):
+                self._feed(plaintext)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -275,6 +353,24 @@ class RpcConnection(asyncio.Protocol):
         finally:
             self._pending.pop(msgid, None)
 
+    async def finish_handshake(
+        self, params: list[Any], session: auth.Session, *, timeout: float
+    ) -> Any:
+        """Send the final ``hello``; once the node accepts it, seal every frame
+        after its answer with ``session``'s keys (a session whose seal is
+        ``"none"`` stays plain)."""
+        if session.seal != auth.SEAL_NONE:
+            self._seal_msgid = self._next_msgid_after_pending()
+            self._seal_session = session
+        return await self.call("hello", params, timeout=timeout)
+
+    def _next_msgid_after_pending(self) -> int:
+        # The msgid call() will take next (see _allocate_msgid).
+        msgid = self._next_msgid
+        while msgid in self._pending:
+            msgid = (msgid + 1) & MAX_MSGID
+        return msgid
+
     def notify(self, method: str, params: list[Any]) -> None:
         """Send a notification; it gets no answer and may be lost with the connection."""
         if self._closing:
@@ -345,6 +441,9 @@ class RpcConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             outbox.clear()
             return
+        if self._sealer is not None:
+            self._flush_sealed(transport, outbox, self._sealer)
+            return
         self.bytes_sent += sum(len(data) for data in outbox)
         if len(outbox) == 1:
             transport.write(outbox[0])
@@ -363,6 +462,39 @@ class RpcConnection(asyncio.Protocol):
             if small:
                 transport.write(b"".join(small))
         outbox.clear()
+
+    def _flush_sealed(
+        self, transport: asyncio.Transport, outbox: list[bytes], sealer: sealing.Sealer
+    ) -> None:
+        # One frame per big message, one per run of small ones: each frame
+        # costs a tag and an AEAD call, so a burst of small calls shares one.
+        small: list[bytes] = []
+        small_bytes = 0
+        for data in outbox:
+            if len(data) >= _JOIN_LIMIT or small_bytes + len(data) > _SEAL_JOIN_LIMIT:
+                if small:
+                    self._write_sealed(transport, sealer, b"".join(small))
+                    small.clear()
+                    small_bytes = 0
+                if len(data) >= _JOIN_LIMIT:
+                    self._write_sealed(transport, sealer, data)
+                    continue
+            small.append(data)
+            small_bytes += len(data)
+        if small:
+            self._write_sealed(transport, sealer, b"".join(small) if len(small) > 1 else small[0])
+        outbox.clear()
+
+    def _write_sealed(
+        self, transport: asyncio.Transport, sealer: sealing.Sealer, plaintext: bytes
+    ) -> None:
+        header, body = sealer.seal(plaintext)
+        self.bytes_sent += len(header) + len(body)
+        if len(body) < _JOIN_LIMIT:
+            transport.write(header + body)
+        else:
+            transport.write(header)
+            transport.write(body)
 
     def _respond(self, msgid: int, result: Any) -> None:
         try:
@@ -399,6 +531,15 @@ class RpcConnection(asyncio.Protocol):
                 AuthError("this node requires the mesh-key handshake (hello) before any call"),
             )
             self.close(AuthError("call before the mesh-key handshake"))
+            return
+        if method in self._methods.peer_only and self.role != auth.NODE:
+            self._respond_error(
+                request.msgid,
+                Forbidden(
+                    f"{method} is for mesh nodes only; this connection's handshake made it "
+                    f"a {self.role} (a node says role 'node' in hello and holds the mesh key)"
+                ),
+            )
             return
         inline = self._methods.inline.get(method)
         if inline is not None:
@@ -474,8 +615,16 @@ class RpcConnection(asyncio.Protocol):
             # Say who we are only once the peer may know it.
             result = {**self._hello_info(), **result}
         self._respond(request.msgid, result)
+        session = handshake.session
+        if result.get("auth") == "ok" and session.seal != auth.SEAL_NONE and self._sealer is None:
+            self._switch = session
 
     def _on_response(self, response: Response) -> None:
+        if response.msgid == self._seal_msgid:
+            # The answer to our final hello: if it accepted us, the rest is sealed.
+            self._seal_msgid = None
+            if response.error is None:
+                self._switch = self._seal_session
         future = self._pending.get(response.msgid)
         if future is None or future.done():
             # A call that timed out or was cancelled: its answer is not wanted.
@@ -497,6 +646,16 @@ class RpcConnection(asyncio.Protocol):
             error = AuthError("this node requires the mesh-key handshake before any message")
             self._send(self._framing.notification(ERROR_NOTICE, error.to_wire()))
             self.close(error)
+            return
+        if notification.method in self._methods.peer_only and self.role != auth.NODE:
+            if not self._warned_role:
+                self._warned_role = True
+                log.warning(
+                    "ignoring %s notifications from %s: it is a %s, not a node",
+                    notification.method,
+                    self.peer,
+                    self.role,
+                )
             return
         handler = self._methods.notifications.get(notification.method)
         if handler is None:

@@ -129,6 +129,8 @@ async def test_nonsense_gossip_is_ignored_and_logged_once(
     caplog.set_level(logging.WARNING)
     async with running_node(mesh_node("target", key=None)) as node:
         raw = await RawConnection.open(node.port)
+        # Gossip is a node's: say so, as a node's own links do.
+        await raw.call(0, "hello", [{"nonce": b"n" * 32, "role": "node", "name": "tester"}])
         for bad in (
             [{"name": "evil", "incarnation": -1}],
             [{"name": "x" * 10_000}],

@@ -169,6 +169,8 @@ async def test_a_malformed_steal_is_refused_with_a_reason(
     async with running_node() as node:
         raw = await RawConnection.open(node.port)
         try:
+            # Peers' methods are a node's: say so, as a node's own links do.
+            await raw.call(1, "hello", [{"nonce": b"n" * 32, "role": "node", "name": "x"}])
             reply = await raw.call(7, method, params)
         finally:
             await raw.close()
@@ -180,6 +182,7 @@ async def test_nonsense_notifications_are_ignored_and_the_node_keeps_serving() -
     async with running_node() as node:
         raw = await RawConnection.open(node.port)
         try:
+            await raw.call(1, "hello", [{"nonce": b"n" * 32, "role": "node", "name": "x"}])
             for method in ("result", "handoff", "cancel", "nudge"):
                 raw.send([2, method, ["garbage", -1]])
             raw.send_raw(msgpack.packb([2, "result", [node.id, 1, 0, "x", {"error": "nope"}]]))

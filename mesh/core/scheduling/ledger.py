@@ -96,19 +96,29 @@ class Ledger(Generic[P]):
         owned = self._owned.get(seq)
         return owned if owned is not None and owned.job.epoch == epoch else None
 
-    def away(self, seq: int, epoch: int) -> Owned[P] | None:
-        """Like :meth:`current`, and only while a peer holds it."""
+    def away(self, seq: int, epoch: int, holder: str | None = None) -> Owned[P] | None:
+        """Like :meth:`current`, and only while a peer holds it (``holder``, when given).
+
+        Results and hand-offs pass the name their connection's handshake
+        gave as ``holder``: only the node holding a request, at the epoch it
+        holds it under, may answer it or pass it on.
+        """
         owned = self.current(seq, epoch)
-        return owned if owned is not None and owned.holder is not None else None
+        if owned is None or owned.holder is None:
+            return None
+        return owned if holder is None or owned.holder == holder else None
 
     def answer(self, seq: int) -> Owned[P] | None:
         """Forget ``seq``: it is answered (or its client left). Its record, if any."""
         return self._owned.pop(seq, None)
 
-    def settle(self, seq: int, epoch: int, *, away: bool = False) -> bool:
+    def settle(
+        self, seq: int, epoch: int, *, away: bool = False, holder: str | None = None
+    ) -> bool:
         """Answer ``seq`` if it is at ``epoch`` (and, with ``away``, held by a
-        peer); False when this copy is stale: answered, given up or taken back."""
-        owned = self.away(seq, epoch) if away else self.current(seq, epoch)
+        peer: ``holder``, when given); False when this copy is stale (answered,
+        given up or taken back) or not the sender's to answer."""
+        owned = self.away(seq, epoch, holder) if away else self.current(seq, epoch)
         if owned is not None:
             del self._owned[seq]
         return owned is not None

@@ -170,21 +170,30 @@ class Scheduler(SchedulerParts[P]):
             actions.append(SendResult(job))
         return actions + self._after_change(now)
 
-    def result(self, seq: int, epoch: int, now: float) -> list[Action]:
-        """A peer ran our request ``seq``; Reply if it is the current epoch."""
-        if not self._ledger.settle(seq, epoch, away=True):
+    def result(self, seq: int, epoch: int, now: float, sender: str | None = None) -> list[Action]:
+        """A peer ran our request ``seq``; Reply if it is the current epoch and
+        ``sender`` (the peer's name, when known) holds it."""
+        if not self._ledger.settle(seq, epoch, away=True, holder=sender):
             # Answered already, given up on, or taken back: exactly once means
-            # this copy goes nowhere.
+            # this copy goes nowhere. (Nor does one from a node not holding it.)
             self.counters["late_dropped"] += 1
             return []
         self.counters["served_remote"] += 1
         return [Reply(seq)]
 
     def handoff(
-        self, seq: int, epoch: int, holder: str, lease_s: float, now: float, ask: int | None = None
+        self,
+        seq: int,
+        epoch: int,
+        holder: str,
+        lease_s: float,
+        now: float,
+        ask: int | None = None,
+        sender: str | None = None,
     ) -> None:
-        """A holder passed our request on to ``holder`` (for its steal ask ``ask``)."""
-        owned = self._ledger.away(seq, epoch)
+        """A holder (``sender``, when known: it must be the one) passed our
+        request on to ``holder`` (for its steal ask ``ask``)."""
+        owned = self._ledger.away(seq, epoch, sender)
         if owned is not None:
             self._ledger.hand_to(owned, holder, now + lease_s, ask)
             self._timers.add(now + lease_s, TimerKind.LEASE, owned.job.key, epoch)
