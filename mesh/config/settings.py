@@ -60,32 +60,13 @@ class RpcConfig:
     call_timeout_s: float = 30.0
     # Time to open a connection and finish the handshake.
     connect_timeout_s: float = 5.0
+    # With a key, seal every frame after the handshake with an AEAD
+    # (mesh.core.wire.sealing); False keeps links authenticated but plain.
+    seal: bool = True
 
 
 DEFAULT_RPC_PORT = 7700
 # How long a node or gateway that was asked to stop may take to drain.
-    # --- what a server lets a connection hold before it proves the mesh key
-    # (none of these apply to an open node, which trusts everyone):
-    # bytes it may send ahead of the handshake, and the time it has to finish it.
-    preauth_max_bytes: int = 8192
-    handshake_timeout_s: float = 5.0
-    # Connections waiting for their handshake: in all, and from one address.
-    max_unauthenticated: int = 256
-    max_unauthenticated_per_source: int = 32
-    # Failed handshakes one address may make in a burst, then per second.
-    auth_failure_burst: int = 10
-    auth_failures_per_s: float = 1.0
-    # --- for every accepted connection: one that sends nothing for this long
-    # is closed, and so is one whose message is not complete within the second.
-    idle_timeout_s: float = 600.0
-    message_timeout_s: float = 120.0
-    # Bytes of received, unanswered requests and unfinished messages a server
-    # holds over all its connections; past it a request is refused with
-    # Overloaded (its connection closed when the message is still arriving).
-    max_bytes_in_flight: int = 4 * DEFAULT_MAX_MESSAGE_BYTES
-    # With a key, seal every frame after the handshake with an AEAD
-    # (mesh.core.wire.sealing); False keeps links authenticated but plain.
-    seal: bool = True
 DEFAULT_DRAIN_TIMEOUT_S = 10.0
 
 
@@ -201,6 +182,9 @@ class NodeConfig:
     port: int = DEFAULT_RPC_PORT
     # The shared secret of the mesh; None runs an open node.
     mesh_key: bytes | None = field(default=None, repr=False)
+    # A second key for clients only (--client-key-file): its holders may
+    # infer, list models and read status, never join the mesh.
+    client_key: bytes | None = field(default=None, repr=False)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
@@ -219,9 +203,6 @@ class NodeConfig:
     # finish, hand off and answer what it holds before it exits anyway.
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
 
-    # A second key for clients only (--client-key-file): its holders may
-    # infer, list models and read status, never join the mesh.
-    client_key: bytes | None = field(default=None, repr=False)
 
 DEFAULT_GATEWAY_PORT = 8000
 

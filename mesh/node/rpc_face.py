@@ -57,10 +57,10 @@ class NodeRpcFace:
                 GIVE_BACK: lambda c, p: node.work.on_giveback(c, p),
                 LEAVING: self._on_leaving,
             },
+            peer_only=PEER_METHODS,
         )
 
     def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:
-            peer_only=PEER_METHODS,
         membership = self._node.membership
         if membership is not None:
             membership.on_gossip(connection, params)

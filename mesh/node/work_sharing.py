@@ -197,6 +197,13 @@ class WorkSharing:
     def on_steal(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
         """``steal``: hand queued work to the thief that asks (as itself only)."""
         ask = parse_steal_ask(params)
+        if ask.thief != connection.peer_name:
+            # Jobs are bound to the thief's name: results are accepted only
+            # from the connection whose handshake gave that name.
+            raise Forbidden(
+                f"steal ask names thief {ask.thief!r} but this connection's handshake "
+                f"named {connection.peer_name!r}; a node steals as itself"
+            )
         now = self._now()
         if connection.closed:
             # The reply could not reach the thief: hand it nothing rather
@@ -212,6 +219,10 @@ class WorkSharing:
         holding it, as its connection's handshake names it."""
         notice = self._parse(parse_result, params, connection)
         if notice is None or notice.owner_id != self.node_id:
+            return
+        sender = connection.peer_name
+        if notice.ran_on != sender:
+            self._refuse(connection, f"a result that says it ran on {notice.ran_on!r}")
             return
         self._do(
             self.scheduler.result(notice.seq, notice.epoch, self._now(), sender),
@@ -235,13 +246,6 @@ class WorkSharing:
         )
         self._rearm()
 
-        if ask.thief != connection.peer_name:
-            # Jobs are bound to the thief's name: results are accepted only
-            # from the connection whose handshake gave that name.
-            raise Forbidden(
-                f"steal ask names thief {ask.thief!r} but this connection's handshake "
-                f"named {connection.peer_name!r}; a node steals as itself"
-            )
     def on_cancel(self, connection: RpcConnection, params: list[Any]) -> None:
         """``cancel``: an owner no longer wants a request we hold."""
         key = self._parse(parse_cancel, params, connection)
@@ -257,11 +261,10 @@ class WorkSharing:
     def on_giveback(self, connection: RpcConnection, params: list[Any]) -> None:
         """``giveback``: a draining holder hands one of our requests back unrun."""
         notice = self._parse(parse_giveback, params, connection)
-        sender = connection.peer_name
-        if notice.ran_on != sender:
-            self._refuse(connection, f"a result that says it ran on {notice.ran_on!r}")
-            return
         if notice is None or notice.owner_id != self.node_id:
+            return
+        if notice.holder != connection.peer_name:
+            self._refuse(connection, f"a giveback for holder {notice.holder!r}")
             return
         self._do(self.scheduler.given_back(notice.seq, notice.epoch, notice.holder, self._now()))
 
@@ -294,9 +297,6 @@ class WorkSharing:
     def holding(self) -> Holding:
         """What this node holds for other owners, for its gossip."""
         return self.scheduler.holding()
-        if notice.holder != connection.peer_name:
-            self._refuse(connection, f"a giveback for holder {notice.holder!r}")
-            return
 
     def on_peer_gone(self, name: str) -> None:
         """A peer died or restarted (from membership)."""
@@ -449,8 +449,6 @@ class WorkSharing:
             )
             return None
 
-    def _now(self) -> float:
-        return self._loop.time()
     def _refuse(self, connection: RpcConnection, what: str) -> None:
         self._warn_once(
             f"forged:{connection.peer}",
@@ -460,3 +458,5 @@ class WorkSharing:
             connection.peer_name,
         )
 
+    def _now(self) -> float:
+        return self._loop.time()
