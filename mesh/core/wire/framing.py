@@ -115,6 +115,9 @@ Event = Request | Response | Notification | InvalidMessage
 # message carrying tensors (the payloads themselves are skipped over).
 _HEAD_BYTES = 4096
 _WALK_STEPS = 512
+# The buffer each connection's unpacker starts with; it grows to fit a big
+# message, and a grown one is replaced once the message is parsed.
+_READ_SIZE = 64 * 1024
 
 
 class RpcFraming:
@@ -125,30 +128,66 @@ class RpcFraming:
     before the bytes are buffered.
     """
 
-    def __init__(self, *, max_message_size: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_BYTES,
+        initial_limit: int | None = None,
+    ) -> None:
         if max_message_size < 64:
             raise ValueError("max_message_size must be at least 64 bytes")
+        if initial_limit is not None and not 64 <= initial_limit <= max_message_size:
+            raise ValueError("initial_limit must be 64 bytes .. max_message_size")
         self.max_message_size = max_message_size
-        self._unpacker = msgpack.Unpacker(
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            # Room for one whole message plus the chunk that completes it.
-            max_buffer_size=max_message_size + 2 * 1024 * 1024,
-            max_bin_len=max_message_size,
-            max_str_len=max_message_size,
-            max_array_len=max_message_size,
-            max_map_len=max_message_size // 2,
-            max_ext_len=max_message_size,
-        )
+        # Until lift_limit(): at most this many bytes may be received and not
+        # yet parsed (a server keeps it to a few KB before the handshake).
+        self._limit = max_message_size if initial_limit is None else initial_limit
+        self._unpacker = self._new_unpacker()
         self._fed = 0
-        # Stream offset where the message being received starts. (The
-        # unpacker's tell() counts bytes of a partly parsed message too.)
+        # Stream offset where the current unpacker started (it is replaced
+        # after a big message, see _recycle), and where the message being
+        # received starts. (The unpacker's tell() counts bytes of a partly
+        # parsed message too.)
+        self._unpacker_start = 0
         self._message_start = 0
         self._last_chunk = b""
         # The first bytes of the message being received, for the size check.
         self._head = bytearray()
         self._broken: ProtocolError | None = None
+        # The unpacker's buffer grew for a big message; it never shrinks.
+        self._grown = False
+        # Whole messages parsed so far (a watchdog tells a slow message from many).
+        self.messages = 0
+        # The size in bytes of the message next_event returned last.
+        self.last_message_size = 0
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        limit = self.max_message_size
+        return msgpack.Unpacker(
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            # Room for one whole message plus the chunk that completes it.
+            max_buffer_size=limit + 2 * 1024 * 1024,
+            # The buffer an unpacker starts with (and keeps, grown, until it
+            # is freed). msgpack's default is 1 MiB per connection; idle and
+            # never-authenticated connections would each hold that much.
+            read_size=_READ_SIZE,
+            max_bin_len=limit,
+            max_str_len=limit,
+            max_array_len=limit,
+            max_map_len=limit // 2,
+            max_ext_len=limit,
+        )
+
+    @property
+    def limit(self) -> int:
+        """The largest message accepted now: below ``max_message_size`` until lifted."""
+        return self._limit
+
+    def lift_limit(self) -> None:
+        """Accept messages up to ``max_message_size`` from now on (the peer proved itself)."""
+        self._limit = self.max_message_size
 
     @property
     def broken(self) -> ProtocolError | None:
@@ -166,6 +205,13 @@ class RpcFraming:
             raise self._broken
         if not data:
             return
+        if self._limit < self.max_message_size and self.buffered + len(data) > self._limit:
+            self._fail(
+                MessageTooLarge(
+                    f"{self.buffered + len(data)} bytes sent ahead of the handshake; "
+                    f"at most {self._limit} are accepted before it"
+                )
+            )
         try:
             self._unpacker.feed(data)
         except msgpack.BufferFull:
@@ -185,6 +231,8 @@ class RpcFraming:
             obj = self._unpacker.unpack()
         except msgpack.OutOfData:
             self._check_pending()
+            if self._grown and self.buffered == 0:
+                self._recycle()
             return NEED_DATA
         except msgpack.StackError:
             self._fail(ProtocolError("message nested too deeply"))
@@ -202,9 +250,21 @@ class RpcFraming:
             self._fail(ProtocolError(f"not a valid msgpack stream: {exc}"))
         except TypeError as exc:  # a map key that is not a string
             self._fail(ProtocolError(f"not a valid msgpack stream: {exc}"))
-        self._message_start = self._unpacker.tell()
+        end = self._unpacker_start + self._unpacker.tell()
+        self.last_message_size = end - self._message_start
+        self._message_start = end
+        self.messages += 1
+        if self.last_message_size > _READ_SIZE:
+            self._grown = True
         self._head.clear()
         return parse_message(obj)
+
+    def _recycle(self) -> None:
+        """Start a fresh unpacker: the old one's buffer, grown for a big
+        message, would otherwise stay allocated as long as the connection."""
+        self._unpacker = self._new_unpacker()
+        self._unpacker_start = self._fed
+        self._grown = False
 
     def _check_pending(self) -> None:
         """Refuse a partial message whose headers already declare too many bytes."""
@@ -220,11 +280,10 @@ class RpcFraming:
             start = len(self._last_chunk) - pending
             self._head = bytearray(self._last_chunk[start : start + _HEAD_BYTES])
         declared = min_message_size(bytes(self._head))
-        if declared > self.max_message_size:
+        if declared > self._limit:
             self._fail(
                 MessageTooLarge(
-                    f"message declares at least {declared} bytes, over the limit of "
-                    f"{self.max_message_size}"
+                    f"message declares at least {declared} bytes, over the limit of {self._limit}"
                 )
             )
 
