@@ -60,6 +60,25 @@ class RpcConfig:
     call_timeout_s: float = 30.0
     # Time to open a connection and finish the handshake.
     connect_timeout_s: float = 5.0
+    # --- what a server lets a connection hold before it proves the mesh key
+    # (none of these apply to an open node, which trusts everyone):
+    # bytes it may send ahead of the handshake, and the time it has to finish it.
+    preauth_max_bytes: int = 8192
+    handshake_timeout_s: float = 5.0
+    # Connections waiting for their handshake: in all, and from one address.
+    max_unauthenticated: int = 256
+    max_unauthenticated_per_source: int = 32
+    # Failed handshakes one address may make in a burst, then per second.
+    auth_failure_burst: int = 10
+    auth_failures_per_s: float = 1.0
+    # --- for every accepted connection: one that sends nothing for this long
+    # is closed, and so is one whose message is not complete within the second.
+    idle_timeout_s: float = 600.0
+    message_timeout_s: float = 120.0
+    # Bytes of received, unanswered requests and unfinished messages a server
+    # holds over all its connections; past it a request is refused with
+    # Overloaded (its connection closed when the message is still arriving).
+    max_bytes_in_flight: int = 4 * DEFAULT_MAX_MESSAGE_BYTES
     # With a key, seal every frame after the handshake with an AEAD
     # (mesh.core.wire.sealing); False keeps links authenticated but plain.
     seal: bool = True
