@@ -8,7 +8,8 @@ other with mDNS bound to 127.0.0.1, as they would on a LAN. The demo then
 sends every held-out handwritten digit at once to the slowest node, each
 with a deadline the mesh alone cannot meet for the whole burst: the faster
 devices steal work, the overflow goes to the gateway. It ends with a table
-of where the requests ran, accuracy against the true labels, and latency.
+of where the requests ran, accuracy against the true labels, and latency,
+then (with the gateway) a joint-inference act: see :mod:`mesh.demo.joint_act`.
 
 Nothing leaves loopback, and every process is stopped (SIGTERM, then
 SIGKILL) even on Ctrl-C, SIGTERM or an error.
@@ -27,7 +28,6 @@ import threading
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ import numpy as np
 
 from mesh.cli.client_commands import format_table
 from mesh.config import bundled_models_dir
+from mesh.demo.joint_act import CLOUD_MODEL, JointAct, node_flags, print_act, run_act
 from mesh.demo.processes import (
     free_port,
     spawn_gateway,
@@ -101,7 +102,7 @@ class _Fleet:
         gateway_port = free_port() if gateway else 0
         if gateway:
             extra = ["--name", "gateway", "--model", MODEL, "--slots", str(GATEWAY_SLOTS)]
-            extra += ["--emulate-service-ms", str(GATEWAY_SERVICE_MS)]
+            extra += ["--emulate-service-ms", str(GATEWAY_SERVICE_MS), "--model", CLOUD_MODEL]
             self.processes["gateway"] = spawn_gateway(self.workdir, port=gateway_port, extra=extra)
         for device in DEVICES:
             flags = ["--model", MODEL, "--slots", "1", "--executor-threads", "1"]
@@ -109,6 +110,7 @@ class _Fleet:
             flags += ["--emulate-service-ms", str(SERVICE_MS)]
             if gateway:
                 flags += ["--gateway", f"http://127.0.0.1:{gateway_port}"]
+                flags += node_flags() if device is DEVICES[0] else []
             self.processes[device.name] = spawn_node(
                 self.workdir, name=device.name, key=self.key, extra=flags
             )
@@ -150,6 +152,7 @@ class _Burst:
     latencies: list[float] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     elapsed: float = 0.0
+    joint: JointAct | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.full(self.total, -1, dtype=np.int64)
@@ -163,7 +166,8 @@ async def _infer_one(
     client: MeshClient, row: np.ndarray[Any, Any], deadline: float
 ) -> tuple[int, str]:
     """One digit's label and the name of whoever ran it."""
-    answer = await client.infer(MODEL, {"X": row}, deadline=deadline)
+    # The burst shows sharing: the entry's escalation rule is the next act's.
+    answer = await client.infer(MODEL, {"X": row}, deadline=deadline, escalate=False)
     label = answer.get("label")
     if label is None or label.shape != (1,):
         raise ProtocolError(f"expected one label, got {None if label is None else label.shape}")
@@ -272,6 +276,8 @@ async def _drive(
     sys.stderr.write(prefix + _progress_line(burst) + "\n")
     sys.stderr.flush()
     statuses = {device.name: await _status(fleet, device.name) for device in DEVICES}
+    if "gateway" in fleet.ports:
+        burst.joint = await run_act(f"127.0.0.1:{fleet.ports[entry]}", fleet.key, pixels)
     return formed, statuses
 
 
@@ -326,11 +332,6 @@ async def _drive_until_stopped(
 # --- the report -----------------------------------------------------------------
 
 
-def _percentile(values: Sequence[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
 def _report(
     burst: _Burst,
     statuses: dict[str, dict[str, Any]],
@@ -380,12 +381,14 @@ def _report(
     ]
     if burst.latencies:
         latency_ms = [1000 * x for x in burst.latencies]
-        p50, p99 = _percentile(latency_ms, 0.5), _percentile(latency_ms, 0.99)
+        p50, p99 = np.percentile(latency_ms, [50, 99])
         lines.append(("latency", f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"))
     for name, value in lines:
         print(f"  {name:<9} {value}")
     for code, message in sorted(burst.error_examples.items()):
         print(f"  {code}: {message}")
+    if burst.joint is not None:
+        print_act(burst.joint, truth)
     answered_mask = burst.labels >= 0
     if not answered_mask.any():
         return None
@@ -484,6 +487,8 @@ def _verdict(
     unexpected = {code: n for code, n in burst.errors.items() if code not in expected}
     if unexpected:
         problems.append(f"{sum(unexpected.values())} requests failed")
+    if burst.joint is not None and burst.joint.error:
+        problems.append("the joint inference act failed")
     crashed = {name: code for name, code in codes.items() if code != 0}
     if crashed:
         problems.append(f"processes exited badly: {crashed}")

@@ -90,6 +90,27 @@ def expected_accuracy(digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
     return f"{float(np.mean(labels == truth)):.4f}"
 
 
+def joint_expected(
+    digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]], threshold: float
+) -> tuple[str, str, int]:
+    """Cloud-only and joint accuracy, and the rows escalated, run here with onnxruntime."""
+    pixels, truth = digits[0].astype(np.float32), digits[1]
+    outputs = {}
+    for model in ("digits-small", "digits-large"):
+        session = ort.InferenceSession(
+            str(MODELS_DIR / f"{model}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        outputs[model] = session.run(["label", "probabilities"], {"X": pixels})
+    (small, probabilities), (large, _) = outputs["digits-small"], outputs["digits-large"]
+    unsure = probabilities.max(axis=1) < threshold
+    joint = np.where(unsure, large, small)
+    return (
+        f"{float(np.mean(large == truth)):.4f}",
+        f"{float(np.mean(joint == truth)):.4f}",
+        int(unsure.sum()),
+    )
+
+
 def test_the_demo_shares_the_burst_and_leaves_nothing_behind(
     tmp_path: Path, digits: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 ) -> None:
@@ -111,6 +132,14 @@ def test_the_demo_shares_the_burst_and_leaves_nothing_behind(
     assert answered["gateway"] > 0
     for thief in DEVICES[1:]:
         assert int(rows[thief][3]) > 0, rows[thief]
+    # The joint-inference act: the edge answers, the unsure digits go to the cloud model.
+    cloud, joint, escalated = joint_expected(digits, 0.8)
+    assert f"  edge only  accuracy {match.group(1)}\n" in result.stdout
+    assert f"  cloud only accuracy {cloud}\n" in result.stdout
+    assert f"  joint      accuracy {joint}, ran on pi-zero, escalated rows on gateway" in (
+        result.stdout
+    )
+    assert f"  escalated  {escalated} of {total} digits" in result.stdout
     assert_nothing_left(tmp_path)
 
 
