@@ -57,6 +57,28 @@ def add_gateway_command(commands: Any) -> None:
         help="requests sent upstream at once before 503 (default: 256)",
     )
     gateway.add_argument(
+        "--upstream-token-file",
+        metavar="FILE",
+        help="file holding the bearer token sent with every request to the upstream",
+    )
+    gateway.add_argument(
+        "--upstream-ca-file",
+        metavar="FILE",
+        help="for an https:// upstream: trust only the certificates this PEM file vouches for",
+    )
+    gateway.add_argument(
+        "--http-token-file",
+        metavar="FILE",
+        help="file holding a bearer token every request must carry "
+        "(Authorization: Bearer TOKEN; all but /v2/health/live); default: none checked",
+    )
+    gateway.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve HTTPS with this PEM certificate chain (with --tls-key)",
+    )
+    gateway.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    gateway.add_argument(
         "--slots", metavar="N", help="requests run at once (default: one per executor thread)"
     )
     gateway.add_argument(

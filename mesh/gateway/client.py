@@ -47,6 +47,7 @@ from mesh.core.wire.tensors import Tensors
 from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
+    MeshError,
     MethodNotFound,
     Overloaded,
     PeerUnavailable,
@@ -57,9 +58,11 @@ from mesh.gateway.replies import (
     clip,
     error_message,
     has_binary_extension,
+    refused_reason,
     status_error,
     transport_reason,
 )
+from mesh.http.security import client_tls_context
 
 __all__ = ["BINARY_HEADER", "GatewayClient"]
 
@@ -80,14 +83,32 @@ class GatewayClient:
     leaving the block stops both. Requests outside the block are a bug.
     """
 
-    def __init__(self, config: GatewayClientConfig) -> None:
-        """Check the URL and limits; ConfigError says what is wrong."""
+    def __init__(self, config: GatewayClientConfig, *, label: str = "the gateway") -> None:
+        """Check the URL, limits and credentials; ConfigError says what is wrong.
+
+        ``label`` names the server in the errors raised (``"the upstream"``
+        for a forwarding gateway): errors travel to clients, so they never
+        carry the URL, which stays in logs and :meth:`status`.
+        """
         self.url = check_gateway_url("gateway url", config.url)
+        self._label = label
         if config.timeout_s <= 0:
             raise ConfigError(f"gateway timeout_s must be positive, got {config.timeout_s!r}")
         if config.max_in_flight < 1:
             raise ConfigError(f"gateway max_in_flight must be >= 1, got {config.max_in_flight!r}")
         self.config = config
+        self._tls = None
+        if self.url.startswith("https://"):
+            self._tls = client_tls_context(config.ca_file)
+        elif config.ca_file is not None:
+            raise ConfigError(f"a CA file is only for an https:// URL; {label} is {self.url}")
+        elif config.token is not None:
+            log.warning(
+                "%s %s is plain http: its token crosses the network readable by anyone; "
+                "use https://",
+                label,
+                self.url,
+            )
         self._breaker = CircuitBreaker(config.breaker)
         self._session: aiohttp.ClientSession | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -112,7 +133,12 @@ class GatewayClient:
         try:
             self._session = await stack.enter_async_context(
                 aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=self.config.max_in_flight),
+                    connector=aiohttp.TCPConnector(
+                        limit=self.config.max_in_flight,
+                        ssl=True if self._tls is None else self._tls,
+                    ),
+                    # On every request: infer, metadata, the index and the probes.
+                    headers=_credentials(self.config.token),
                     # Each call sets its own limit with asyncio.timeout.
                     timeout=aiohttp.ClientTimeout(total=None),
                     raise_for_status=False,
@@ -237,6 +263,9 @@ class GatewayClient:
             async with self._negotiating:
                 if self._binary is None:
                     reply = await self._send("GET", "/v2", limit_s)
+                    if reply.status in (401, 403):
+                        # Asked again once the token is fixed; the request would fail anyway.
+                        self._raise_for_status(reply, "")
                     self._binary = reply.status == 200 and has_binary_extension(reply.body)
                     self._count(Outcome(status=reply.status), exchange="negotiation")
                     log.debug("gateway %s binary tensors: %s", self.url, self._binary)
@@ -270,7 +299,9 @@ class GatewayClient:
         outcome, reason = await self._check_ready()
         if judge(outcome, "probe") == "works":
             return True, f"gateway {self.url}: ready"
-        if outcome.status is not None:
+        if outcome.status in (401, 403):
+            what = f"{reason}; check --gateway-token-file"
+        elif outcome.status is not None:
             what = f"is not ready ({reason})"
         else:
             what = f"did not answer ({reason})"
@@ -297,22 +328,20 @@ class GatewayClient:
                 reply = Reply(response.status, response.headers, await response.read())
         except TimeoutError:
             raise PeerUnavailable(
-                f"gateway {self.url} did not list its models within {limit * 1000:.0f} ms"
+                f"{self._label} did not list its models within {limit * 1000:.0f} ms"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise PeerUnavailable(f"gateway {self.url}: {transport_reason(exc)}") from None
+            raise PeerUnavailable(f"{self._label}: {transport_reason(exc)}") from None
         if reply.status in (404, 405):
             raise MethodNotFound(
-                f"gateway {self.url} does not list its models (no repository index: "
-                f"HTTP {reply.status})"
+                f"{self._label} does not list its models (no repository index: HTTP {reply.status})"
             )
         if reply.status != 200:
-            text, code = error_message(reply)
-            raise status_error(reply.status, code, f"gateway {self.url}: {text}")
+            raise self._status_error(reply)
         try:
             return parse_index_reply(json.loads(reply.body))
         except (ProtocolError, ValueError) as exc:
-            raise ProtocolError(f"gateway {self.url}: its repository index: {exc}") from None
+            raise ProtocolError(f"{self._label}: its repository index: {exc}") from None
 
     async def _check_ready(self) -> tuple[Outcome, str]:
         """How a health check ended, and what to say if it did not pass."""
@@ -330,6 +359,8 @@ class GatewayClient:
             return Outcome(error="timeout"), reason
         except (aiohttp.ClientError, OSError) as exc:
             return Outcome(error="unreachable"), transport_reason(exc)
+        if status in (401, 403):
+            return Outcome(status=status), refused_reason(status)
         return Outcome(status=status), f"health check answered HTTP {status}"
 
     async def _send(
@@ -349,7 +380,7 @@ class GatewayClient:
             raise PeerUnavailable(self._refusal(now))
         if self._in_flight >= self.config.max_in_flight:
             raise Overloaded(
-                f"gateway {self.url} already has {self._in_flight} requests in flight "
+                f"{self._label} already has {self._in_flight} requests in flight "
                 f"(max_in_flight {self.config.max_in_flight})"
             )
         if limit_s <= 0:
@@ -371,12 +402,12 @@ class GatewayClient:
             timeout = Outcome(error="timeout", answered_others=self._last_answer_at > sent_at)
             self._count(timeout, f"no answer within {waited_ms:.0f} ms")
             raise DeadlineExceeded(
-                f"the gateway did not answer within {waited_ms:.0f} ms ({self.url})"
+                f"{self._label} did not answer within {waited_ms:.0f} ms"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
             reason = transport_reason(exc)
             self._count(Outcome(error="unreachable"), reason)
-            raise PeerUnavailable(f"gateway {self.url} is unavailable: {reason}") from None
+            raise PeerUnavailable(f"{self._label} is unavailable: {reason}") from None
         finally:
             self._in_flight -= 1
 
@@ -385,13 +416,26 @@ class GatewayClient:
         status = reply.status
         if status == 200:
             return
+        text, _ = error_message(reply)
+        if status in (401, 403):
+            self._count(Outcome(status=status), refused_reason(status))
+        else:
+            self._count(Outcome(status=status), f"HTTP {status}: {clip(text, 80)}")
+        raise self._status_error(reply)
+
+    def _status_error(self, reply: Reply) -> MeshError:
+        """The MeshError a non-200 answer stands for, worded for whoever reads it."""
+        if reply.status in (401, 403):
+            # Not AuthError: our client did nothing wrong and must not be told
+            # its own credentials failed. The server is unusable to us until
+            # the token is fixed; the log says which setting to fix.
+            return PeerUnavailable(f"{self._label} {refused_reason(reply.status)}")
         text, code = error_message(reply)
-        self._count(Outcome(status=status), f"HTTP {status}: {clip(text, 80)}")
-        raise status_error(status, code, f"gateway {self.url}: {text}")
+        return status_error(reply.status, code, f"{self._label}: {text}")
 
     def _garbage(self, what: str) -> ProtocolError:
         self._count(Outcome(error="garbled"), "garbled answer")
-        return ProtocolError(f"gateway {self.url}: {what}")
+        return ProtocolError(f"{self._label}: {what}")
 
     def _refusal(self, now: float) -> str:
         breaker = self._breaker
@@ -400,7 +444,7 @@ class GatewayClient:
         else:
             when = f"next probe in {breaker.retry_in(now):.1f} s"
         return (
-            f"gateway {self.url} is unavailable: circuit open after "
+            f"{self._label} is unavailable: circuit open after "
             f"{breaker.consecutive_failures} failures (last: {breaker.last_failure}); {when}"
         )
 
@@ -464,3 +508,7 @@ class GatewayClient:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
+
+
+def _credentials(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}

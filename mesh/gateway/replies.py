@@ -28,6 +28,7 @@ __all__ = [
     "clip",
     "error_message",
     "has_binary_extension",
+    "refused_reason",
     "status_error",
     "transport_reason",
 ]
@@ -49,6 +50,10 @@ class Reply:
 
 def transport_reason(exc: BaseException) -> str:
     """A short reason for a failed exchange, for messages and status pages."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate was not accepted ({exc.certificate_error.args[-1]})"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return f"TLS failed: {getattr(exc.os_error, 'reason', None) or exc.os_error}"
     if isinstance(exc, aiohttp.ClientConnectorError):
         cause = exc.os_error
         if isinstance(cause, ConnectionRefusedError):
@@ -63,6 +68,11 @@ def transport_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     return str(exc) or type(exc).__name__
+
+
+def refused_reason(status: int) -> str:
+    """Why a 401 or 403 came back: the server refused the token we send."""
+    return f"refused our credentials (HTTP {status})"
 
 
 def status_error(status: int, code: str | None, message: str) -> MeshError:

@@ -339,7 +339,7 @@ class Gateway:
     async def _run(self) -> None:
         config = self.config
         if config.upstream is not None:
-            async with GatewayClient(config.upstream) as client:
+            async with GatewayClient(config.upstream, label="the upstream") as client:
                 if not await client.ready():
                     log.warning(
                         "upstream %s is not ready yet; serving anyway, requests may fail",

@@ -17,6 +17,7 @@ method), a body over aiohttp's backstop is ``"MessageTooLarge"``, any other
 Failure                                                Status
 =====================================================  ======
 BadRequest, InvalidInput, ProtocolError                400
+AuthError, no or a wrong bearer token                  401
 ModelNotFound, unknown route or model version          404
 wrong method                                           405
 MessageTooLarge, body over ``max_body_bytes``          413
@@ -42,6 +43,7 @@ from mesh.core.policy.escalation import parse_override
 from mesh.core.wire import catalog, oip
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
+    AuthError,
     BadRequest,
     DeadlineExceeded,
     InternalError,
@@ -56,6 +58,7 @@ from mesh.errors import (
     RemoteError,
     TransportError,
 )
+from mesh.http.security import bearer_middleware, server_tls_context
 from mesh.service import Answer, InferenceService
 
 __all__ = ["EXTENSIONS", "HEADER_LENGTH", "HttpServer", "make_app", "status_of"]
@@ -79,6 +82,7 @@ _DIGITS = re.compile(r"[0-9]{1,18}")
 # Most specific first: MessageTooLarge is a ProtocolError.
 _STATUS: tuple[tuple[type[MeshError] | tuple[type[MeshError], ...], int], ...] = (
     (MessageTooLarge, 413),
+    (AuthError, 401),
     ((BadRequest, InvalidInput), 400),
     (ModelNotFound, 404),
     ((Overloaded, TransportError, DeadlineExceeded), 503),
@@ -299,7 +303,9 @@ def _selected_outputs(parsed: oip.V2Request, answer: Answer) -> dict[str, Any]:
 def make_app(service: InferenceService, config: HttpConfig) -> web.Application:
     """The aiohttp application serving ``service`` under ``/v2``."""
     # Bodies are read by _read_body with its own limit and message; this is a backstop.
-    app = web.Application(middlewares=[_errors], client_max_size=config.max_body_bytes + 1)
+    # With a token, the check comes first: an unauthenticated caller reaches no route.
+    checks = [] if config.token is None else [bearer_middleware(config.token)]
+    app = web.Application(middlewares=[*checks, _errors], client_max_size=config.max_body_bytes + 1)
     app[_SERVICE] = service
     app[_CONFIG] = config
     model = "/v2/models/{model}"
@@ -329,6 +335,10 @@ class HttpServer:
         self._app = make_app(service, config)
         self._host = host
         self._config = config
+        # Made here, so that an unusable certificate fails the start, not the first request.
+        self._tls = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            self._tls = server_tls_context(config.tls_cert, config.tls_key)
         # Bound already (see mesh.listening): then host and port only name it.
         self._sock = sock
         self._bound_port: int | None = None
@@ -352,13 +362,20 @@ class HttpServer:
         await runner.setup()
         try:
             site: web.BaseSite
+            config, tls = self._config, self._tls
             if self._sock is not None:
-                site = web.SockSite(runner, self._sock)
+                site = web.SockSite(runner, self._sock, ssl_context=tls)
             else:
-                site = web.TCPSite(runner, self._host, self._config.port or 0)
+                site = web.TCPSite(runner, self._host, config.port or 0, ssl_context=tls)
             await site.start()
             self._bound_port = _port_of(runner)
-            log.info("Open Inference Protocol on http://%s:%s/v2", self._host, self._bound_port)
+            log.info(
+                "Open Inference Protocol on %s://%s:%s/v2%s",
+                "http" if tls is None else "https",
+                self._host,
+                self._bound_port,
+                "" if config.token is None else " (bearer token required)",
+            )
             if listening is not None:
                 listening.set()
             await asyncio.Future()  # until cancelled

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
+from mesh.config import NodeConfig
 from mesh.core.wire.catalog import IndexEntry
 from mesh.core.wire.requests import InferRequest
+from mesh.listening import Port, bind_ports, bind_tcp
 from mesh.service import Answer, EdgemeshServer
 
 if TYPE_CHECKING:  # the node imports this module; only types flow back
     from mesh.node.node import Node
 
-__all__ = ["NodeHttpFace"]
+__all__ = ["NodeHttpFace", "claim_ports"]
+
+log = logging.getLogger(__name__)
 
 
 class NodeHttpFace(EdgemeshServer):
@@ -44,3 +50,28 @@ class NodeHttpFace(EdgemeshServer):
             IndexEntry(m["name"], m.get("version") if m["where"] == "here" else None)
             for m in view["models"]
         ]
+
+
+def claim_ports(config: NodeConfig) -> list[socket.socket]:
+    """The RPC socket on ``config.host``, then, with ``--http-port``, the HTTP one.
+
+    The HTTP socket goes where :meth:`NodeConfig.http_bind` says: the node's
+    host, ``--http-host``, or 127.0.0.1 for a keyed node without an HTTP
+    token, which the log then explains.
+    """
+    rpc = Port(config.port, "--port")
+    if config.http.port is None:
+        return bind_ports(config.host, [rpc])
+    http = Port(config.http.port, "--http-port")
+    host, why = config.http_bind()
+    if why is not None:
+        log.warning("%s", why)
+    if host == config.host:
+        return bind_ports(config.host, [rpc, http])
+    [rpc_sock] = bind_ports(config.host, [rpc])
+    try:
+        http_sock = bind_tcp(host, http.port, flag=http.flag, host_flag="--http-host")
+    except BaseException:
+        rpc_sock.close()
+        raise
+    return [rpc_sock, http_sock]

@@ -126,9 +126,8 @@ class Fallback:
             raise  # the client's inputs, not the gateway's health
         except ModelNotFound:
             if placement.no_holder:
-                raise ModelNotFound(
-                    f"{placement.reason}, and neither does the gateway at {gateway.url}"
-                ) from None
+                # Not the gateway's URL: this goes to clients (issue 19).
+                raise ModelNotFound(f"{placement.reason}, and neither does the gateway") from None
             raise
         except MeshError as exc:
             # Whatever went wrong at the gateway (down, circuit open, busy,

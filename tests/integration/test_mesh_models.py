@@ -139,7 +139,7 @@ async def test_a_gateway_that_keeps_no_index_leaves_its_models_unknown() -> None
         ]
         assert view["gateway"] == {
             "url": url,
-            "error": f"gateway {url} does not list its models (no repository index: HTTP 404)",
+            "error": "the gateway does not list its models (no repository index: HTTP 404)",
         }
 
 

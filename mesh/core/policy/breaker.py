@@ -244,6 +244,10 @@ def judge(outcome: Outcome, exchange: Exchange = "request") -> Verdict:
         return "failure"
     status = outcome.status
     assert status is not None  # an Outcome has one or the other
+    if status in (401, 403):
+        # Our credentials are refused: every request will be, until someone
+        # fixes the token, so fail fast and say why rather than keep sending.
+        return "failure"
     if exchange == "negotiation":
         # A 5xx to this side question is not held against the gateway: the
         # request that follows it goes through the breaker and will tell.
