@@ -54,7 +54,9 @@ __all__ = ["COUNTERS", "JointInference", "manifest_rules", "rules_by_model"]
 log = logging.getLogger(__name__)
 
 # Counters status() always shows. Every request of a model with a rule that
-# the edge answered ends in exactly one of escalated or kept_at_edge, and
+# the edge answered ends in exactly one of escalated, kept_at_edge or
+# client_gone (cancelled during the escalation), so that at every moment
+# checked = escalated + kept_at_edge + client_gone + in_flight, and
 # kept_at_edge = confident + opted_out + escalation_failed.
 COUNTERS = (
     "checked",
@@ -63,6 +65,7 @@ COUNTERS = (
     "confident",
     "opted_out",
     "escalation_failed",
+    "client_gone",
     "checked_rows",
     "escalated_rows",
     "in_flight",
@@ -133,6 +136,9 @@ class JointInference:
         self.counters["in_flight"] += 1
         try:
             return await self._second_stage(rule, request, answer, arrived)
+        except asyncio.CancelledError:
+            self.counters["client_gone"] += 1
+            raise
         finally:
             self.counters["in_flight"] -= 1
 

@@ -9,6 +9,7 @@ the expected values from running both models here with onnxruntime.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import socket
 import time
@@ -328,3 +329,30 @@ async def test_a_model_without_a_rule_answers_as_before(
         status = node.status()["escalation"]
     assert "escalation" not in reply
     assert status["checked"] == 0
+
+
+async def test_a_client_that_leaves_during_the_escalation_is_counted_once(
+    digits: np.ndarray[Any, Any],
+) -> None:
+    rule = EscalationRule(model="digits-small", to="hang", threshold=0.9)
+    async with (
+        misbehaving_server() as (url, _),
+        running_node(edge_config(url, escalation=(rule,))) as node,
+    ):
+        call = asyncio.create_task(infer(node, digits[:2], escalate_threshold=1.01))
+        async with asyncio.timeout(10):
+            # Polling the node's figures: there is no event for "escalating now".
+            while node.status()["escalation"]["in_flight"] != 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        call.cancel()  # closes the client's connection: the node cancels the request
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        async with asyncio.timeout(10):
+            while node.status()["escalation"]["client_gone"] != 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        status = node.status()
+    escalation = status["escalation"]
+    assert escalation["in_flight"] == 0
+    assert escalation["checked"] == 1
+    assert escalation["escalated"] + escalation["kept_at_edge"] == 0
+    assert status["counters"]["client_gone"] == 1
