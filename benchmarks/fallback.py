@@ -628,13 +628,17 @@ def time_placement(peers: int, calls: int) -> Decision:
     scheduler: Scheduler[int] = Scheduler(
         node_id="id-bench",
         name="bench",
-        models={MODEL: sha},
+        models={MODEL: frozenset({sha})},
         config=SchedulerConfig(slots=2),
         rng=random.Random(0),
     )
     scheduler.observe_service(MODEL, service_s)
     load = PeerLoad(
-        models={MODEL: sha}, service_s={MODEL: service_s}, queued_s=0.0, free_slots=2, slots=2
+        models={MODEL: frozenset({sha})},
+        service_s={MODEL: service_s},
+        queued_s=0.0,
+        free_slots=2,
+        slots=2,
     )
     for index in range(peers):
         scheduler.peer_update(f"peer-{index}", load, now=0.0)

@@ -76,7 +76,7 @@ class LocalRuns:
             for _ in range(_WARMUP_CALLS):
                 started = self._loop.time()
                 try:
-                    await self._runtime.infer(spec.name, inputs)
+                    await self._runtime.infer(spec.name, inputs, version=spec.version)
                 except MeshError as exc:
                     log.info("no warm-up for %s: %s", spec.name, exc.message)
                     break
@@ -94,7 +94,7 @@ class LocalRuns:
         loop one callback, which matters when a small model takes 20 µs.
         """
         try:
-            call = self._runtime.start(job.model, job.payload)
+            call = self._runtime.start(job.model, job.payload, job.sha256)
         except MeshError as exc:
             # Not from inside _do's loop: report it on the next turn.
             self._loop.call_soon(self._complete, job, exc)

@@ -45,14 +45,15 @@ from mesh.core.wire.requests import InferRequest
 from mesh.errors import MeshError
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
-from mesh.listening import write_ready_file
+from mesh.listening import Port, bind_ports, write_ready_file
 from mesh.mdns import MdnsDiscovery, check_own_addresses
 from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.escalation import JointInference, manifest_rules, rules_by_model
-from mesh.node.http_face import NodeHttpFace, claim_ports
+from mesh.node.http_face import NodeHttpFace
 from mesh.node.membership import MeshMembership, SelfInfo
+from mesh.node.model_store import ModelStore
 from mesh.node.routing import Fallback
 from mesh.node.rpc_face import NodeRpcFace
 from mesh.node.work_sharing import WorkSharing
@@ -83,6 +84,7 @@ class Node:
         self.ready = asyncio.Event()
         self._runtime = runtime
         self._owns_runtime = runtime is None
+        self._store: ModelStore | None = None
         self._stop = asyncio.Event()
         self._drain = asyncio.Event()
         self._started = time.monotonic()
@@ -112,6 +114,18 @@ class Node:
         if self._runtime is None:
             raise RuntimeError("the node has not loaded its models yet")
         return self._runtime
+
+    @property
+    def model_store(self) -> ModelStore:
+        """The versions served and how they change (available once :attr:`ready` is set)."""
+        if self._store is None:
+            raise RuntimeError("the node has not loaded its models yet")
+        return self._store
+
+    def reload(self) -> None:
+        """Rescan the model directories soon (as SIGHUP does); safe from a signal handler."""
+        if self._store is not None:
+            self._store.request_reload()
 
     @property
     def http_port(self) -> int | None:
@@ -162,6 +176,9 @@ class Node:
                 # Loading verifies hashes and builds sessions: seconds of CPU on
                 # a small device, so it runs off the event loop.
                 self._runtime = await asyncio.to_thread(Runtime, self.config.runtime)
+            self._store = ModelStore(
+                self._runtime, interval_s=self.config.runtime.reload_interval_s
+            )
             try:
                 await self._serve()
             finally:
@@ -182,7 +199,10 @@ class Node:
             and interfaces != mdns_interfaces(config.host, None)
         ):
             check_own_addresses(interfaces)
-        self._listeners = claim_ports(config)
+        ports = [Port(config.port, "--port")]
+        if config.http.port is not None:
+            ports.append(Port(config.http.port, "--http-port"))
+        self._listeners = bind_ports(config.host, ports)
         self._name_by_port()
 
     def _name_by_port(self) -> None:
@@ -264,13 +284,16 @@ class Node:
             # Work sharing first: tasks start in order, so it is running
             # before the server can hand it a request.
             started = [tasks.create_task(work.run())]
+            store = self.model_store
+            store.attach(in_use=work.uses, on_change=work.models_changed)
+            started.append(tasks.create_task(store.run()))
             listening = asyncio.Event()
             started.append(tasks.create_task(self._server.serve(listening)))
             await listening.wait()
             if config.http.port is not None:
                 self._http = HttpServer(
                     NodeHttpFace(self),
-                    host=config.http_bind()[0],
+                    host=config.host,
                     config=config.http,
                     sock=self._listeners[1],
                 )
@@ -363,7 +386,7 @@ class Node:
         # models, so peers neither route to it nor count on it.
         specs = () if self.draining else self.runtime.specs()
         return Load(
-            models=tuple(ModelHolding(s.name, s.sha256) for s in specs),
+            models=tuple(ModelHolding(s.name, s.sha256, s.version) for s in specs),
             service_s=load.service_s,
             queued_s=load.queued_s,
             free_slots=0 if self.draining else load.free_slots,

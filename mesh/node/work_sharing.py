@@ -22,7 +22,8 @@ from typing import Any
 
 from mesh.config import Emulation
 from mesh.core.membership.gossip import Holding
-from mesh.core.membership.peers import Load
+from mesh.core.membership.peers import Load, ModelHolding
+from mesh.core.models.versions import Version, choose_version
 from mesh.core.policy.capacity import Placement
 from mesh.core.scheduling.emulation import EmulatedDevice
 from mesh.core.scheduling.jobs import (
@@ -39,6 +40,7 @@ from mesh.core.scheduling.jobs import (
     SchedulerConfig,
     SendResult,
     Steal,
+    runs,
 )
 from mesh.core.scheduling.scheduler import Scheduler, snapshot
 from mesh.core.wire.handover import (
@@ -64,6 +66,7 @@ from mesh.core.wire.requests import InferRequest
 from mesh.errors import Draining, Forbidden, InternalError, MeshError
 from mesh.log_once import WarnOnce
 from mesh.node.local_runs import LocalRuns
+from mesh.node.model_store import shas_by_name
 from mesh.rpc import RpcConnection
 from mesh.runtime.runtime import Runtime
 from mesh.service import Answer
@@ -100,7 +103,9 @@ class WorkSharing:
             done=self._complete,
         )
         self._link = link
-        models = {spec.name: spec.sha256 for spec in runtime.specs()}
+        models = shas_by_name(runtime.specs())
+        # Each live peer's versions (name, label, sha256), as its gossip said.
+        self._peer_versions: dict[str, tuple[ModelHolding, ...]] = {}
         self.scheduler: Scheduler[Tensors] = Scheduler(
             node_id=node_id, name=name, models=models, config=config, rng=rng
         )
@@ -157,23 +162,49 @@ class WorkSharing:
         model that runs here."""
         now = self._now()
         deadline = None if request.deadline_ms is None else now + request.deadline_ms / 1000
+        sha = self.resolve(request.model, request.version)
         placement = self.scheduler.placement(
-            request.model, deadline, now, gateway=gateway, default_s=default_deadline_ms / 1000
+            request.model,
+            deadline,
+            now,
+            gateway=gateway,
+            default_s=default_deadline_ms / 1000,
+            sha256=sha,
         )
-        if request.model in self.scheduler.models and (
+        if runs(self.scheduler.models, request.model, sha) and (
             placement.offload or self.scheduler.shares_work()
         ):
             # Checked at the door, so that a bad request is told so rather
             # than refused, and never travels to a thief or the gateway. One
             # that stays on a lone node is checked once, by the runtime.
-            self._runtime.check_inputs(request.model, request.inputs)
+            self._runtime.check_inputs(request.model, request.inputs, sha)
         return placement
+
+    def resolve(self, model: str, version: str | None) -> str | None:
+        """The sha256 of the version of ``model`` a request gets (``version``,
+        else the newest), among this node's versions and its live peers'.
+
+        None when no node in the mesh has ``model`` (the scheduler or the
+        gateway then says what to do). ModelNotFound naming the versions
+        served when ``version`` is not one of them.
+        """
+        held = [Version(s.version, s.sha256) for s in self._runtime.versions(model)]
+        held += [
+            Version(h.version, h.sha256)
+            for holdings in self._peer_versions.values()
+            for h in holdings
+            if h.name == model and h.version is not None
+        ]
+        if not held:
+            return None
+        return choose_version(model, held, version).sha256
 
     async def infer(self, request: InferRequest) -> Answer:
         """Own ``request`` until it is answered: here, by a thief, or with an error."""
         now = self._now()
         deadline = None if request.deadline_ms is None else now + request.deadline_ms / 1000
         seq, actions = self.scheduler.submit(
+            sha256=self.resolve(request.model, request.version),
             model=request.model,
             payload=request.inputs,
             size_bytes=sum(a.nbytes for a in request.inputs.values()),
@@ -281,8 +312,9 @@ class WorkSharing:
 
     def on_peer_load(self, name: str, load: Load) -> None:
         """A peer's gossip (from membership)."""
+        self._peer_versions[name] = load.models
         peer = PeerLoad(
-            models={m.name: m.sha256 for m in load.models},
+            models=shas_by_name(load.models),
             service_s=load.service_s,
             queued_s=load.queued_s,
             free_slots=load.free_slots,
@@ -300,7 +332,22 @@ class WorkSharing:
 
     def on_peer_gone(self, name: str) -> None:
         """A peer died or restarted (from membership)."""
+        self._peer_versions.pop(name, None)
         self._do(self.scheduler.peer_lost(name, self._now()))
+
+    # --- versions coming and going (from the model store) -------------------------------
+
+    def uses(self, model: str, sha256: str) -> bool:
+        """Whether work of ``model`` at ``sha256`` still waits or runs here."""
+        return self.scheduler.uses(model, sha256)
+
+    def models_changed(self) -> None:
+        """The runtime's versions changed: serve, advertise and run what it now has."""
+        self.scheduler.set_models(
+            shas_by_name(self._runtime.specs()), shas_by_name(self._runtime.retired())
+        )
+        # Queued work may have become runnable here (a version arrived).
+        self._do(self.scheduler.tick(self._now()))
 
     # --- what the node reports -------------------------------------------------------
 

@@ -7,6 +7,11 @@ the same model itself, and results go back to the loop in batches, so a busy
 model costs one loop wakeup per batch of results rather than a round trip per
 call. Each model's service time is averaged here, as the mesh schedules by
 time, not by queue length.
+
+Each version of a model has a lane of its own, keyed by (name, sha256).
+Lanes come and go while the executor runs: a new version is added, and a
+retired one takes no part in new calls from the node but runs what it was
+given, and is dropped, with its session, once it is idle.
 """
 
 from __future__ import annotations
@@ -17,16 +22,24 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core.scheduling.estimates import ewma
 from mesh.core.wire.tensors import Tensors
-from mesh.errors import InferenceFailed
+from mesh.errors import InferenceFailed, ModelNotFound
 from mesh.runtime.loading import LoadedModel, new_run_options
 
-__all__ = ["Call", "Executor", "ModelLoad"]
+__all__ = ["Call", "Executor", "LaneKey", "ModelLoad", "lane_key"]
+
+# A lane: one version of one model, as (name, sha256).
+LaneKey = tuple[str, str]
+
+
+def lane_key(model: LoadedModel) -> LaneKey:
+    """The lane of ``model``: its name and sha256."""
+    return (model.spec.name, model.spec.sha256)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,8 @@ class ModelLoad:
     executing: int  # calls running on a thread now
     limit: int  # calls of this model that may run at once
     service_ewma_s: float | None  # average seconds per call; None before the first
+    version: str = ""
+    sha256: str = ""
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +85,8 @@ class _Lane:
     # Moving average of one call's service time on this device, in seconds;
     # None until the first call.
     service_ewma_s: float | None = None
+    # Retired: dropped (and its session freed) as soon as no worker runs it.
+    retired: bool = False
 
 
 class _Inbox:
@@ -122,9 +139,10 @@ class Executor:
     that made the call.
     """
 
-    def __init__(self, models: Mapping[str, LoadedModel], *, threads: int, per_model: int) -> None:
+    def __init__(self, models: Iterable[LoadedModel], *, threads: int, per_model: int) -> None:
         """Start no thread yet: the pool grows as calls arrive."""
-        self._lanes = {name: _Lane(model, per_model) for name, model in models.items()}
+        self._per_model = per_model
+        self._lanes = {lane_key(model): _Lane(model, per_model) for model in models}
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="mesh-infer"
         )
@@ -138,12 +156,37 @@ class Executor:
         self._waiting = 0
         self._inbox: _Inbox | None = None
 
-    def start(self, name: str, feeds: Tensors) -> Call:
-        """Queue one call of model ``name`` (which must be one of ours); call from a loop.
+    def add(self, model: LoadedModel) -> None:
+        """Serve ``model`` in a lane of its own (a no-op if that version has one)."""
+        with self._lock:
+            lane = self._lanes.get(lane_key(model))
+            if lane is None:
+                self._lanes[lane_key(model)] = _Lane(model, self._per_model)
+            else:
+                lane.retired = False
 
-        ``feeds`` must already be validated and must not change while the call runs.
+    def retire(self, key: LaneKey) -> None:
+        """Drop lane ``key`` (its session with it) once no call of it is queued or running."""
+        with self._lock:
+            lane = self._lanes.get(key)
+            if lane is None:
+                return
+            lane.retired = True
+            if lane.running == 0 and not lane.queue:
+                del self._lanes[key]
+
+    def has(self, key: LaneKey) -> bool:
+        """Whether lane ``key`` is still here (retired but busy counts)."""
+        with self._lock:
+            return key in self._lanes
+
+    def start(self, key: LaneKey, feeds: Tensors) -> Call:
+        """Queue one call of the version ``key``; call from a loop.
+
+        ``feeds`` must already be validated and must not change while the
+        call runs. ModelNotFound if that version has been dropped.
         """
-        lane = self._lanes[name]
+        name = key[0]
         loop = asyncio.get_running_loop()
         inbox = self._inbox
         if inbox is None or inbox.loop is not loop:
@@ -152,6 +195,11 @@ class Executor:
         with self._lock:
             if self._closed:
                 raise InferenceFailed(f"model '{name}': the runtime is closed")
+            lane = self._lanes.get(key)
+            if lane is None:
+                raise ModelNotFound(
+                    f"model '{name}' version with sha256 {key[1][:12]} is no longer served here"
+                )
             if lane.running < lane.limit:
                 self._start_worker(lane)
             lane.queue.append(call)
@@ -177,8 +225,10 @@ class Executor:
                     executing=lane.executing,
                     limit=lane.limit,
                     service_ewma_s=lane.service_ewma_s,
+                    version=lane.model.spec.version,
+                    sha256=sha,
                 )
-                for name, lane in sorted(self._lanes.items())
+                for (name, sha), lane in sorted(self._lanes.items())
             ]
 
     def refuse_calls(self) -> None:
@@ -186,7 +236,7 @@ class Executor:
         dropped: list[tuple[str, Call]] = []
         with self._lock:
             self._closed = True
-            for name, lane in self._lanes.items():
+            for (name, _), lane in self._lanes.items():
                 dropped.extend((name, call) for call in lane.queue if not call.cancelled)
                 lane.queue.clear()
         for name, call in dropped:
@@ -256,6 +306,8 @@ class Executor:
                 queue.popleft()
             if not queue:
                 lane.running -= 1
+                if lane.retired and lane.running == 0:
+                    self._drop(lane)
                 return None
             if may_yield and self._waiting > lane.waiting:
                 # Another model's worker waits for a thread: go to the back of
@@ -268,3 +320,9 @@ class Executor:
                     return None
             lane.executing += 1
             return queue.popleft()
+
+    def _drop(self, lane: _Lane) -> None:
+        """Forget a retired, idle lane; call with the lock held."""
+        key = lane_key(lane.model)
+        if self._lanes.get(key) is lane:
+            del self._lanes[key]

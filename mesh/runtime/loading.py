@@ -1,7 +1,7 @@
 """Loading models into onnxruntime: verify each file, open a session, read its signature.
 
-Each directory in ``RuntimeConfig.model_dirs`` may hold a ``manifest.toml``
-(see :mod:`mesh.runtime.model_files`); a model listed there must match its
+Each directory in ``RuntimeConfig.model_dirs`` holds models in the layouts of
+:mod:`mesh.runtime.model_files`; a model its ``manifest.toml`` lists must match its
 sha256 and declared signature or loading fails, as the node must not start
 without a model it promises. Any other ``*.onnx`` file is a user's own model
 and is served as it is, under its file stem; one that cannot be served is
@@ -17,6 +17,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from mesh.core.models.signatures import (
     shape_from_onnx,
     signature_mismatch,
 )
+from mesh.core.models.versions import FIRST_VERSION
 from mesh.core.wire.tensors import Tensors
 from mesh.errors import (
     ConfigError,
@@ -51,15 +53,16 @@ __all__ = [
     "UNLISTED_VERSION",
     "LoadedModel",
     "check_runtime_config",
+    "load_file",
     "load_models",
     "new_run_options",
 ]
 
 log = logging.getLogger(__name__)
 
-# Version given to a model file that no manifest describes. "0" says "not
-# released through a manifest"; its sha256 is what identifies it.
-UNLISTED_VERSION = "0"
+# Version given to a model file found without one (``DIR/name.onnx``); its
+# sha256 is what identifies it.
+UNLISTED_VERSION = FIRST_VERSION
 
 
 def _ort_errors(*names: str) -> tuple[type[Exception], ...]:
@@ -105,6 +108,8 @@ class LoadedModel:
     spec: ModelSpec
     session: Any  # ort.InferenceSession; untyped
     output_names: list[str] = field(default_factory=list)
+    # The file it was loaded from (None: built in memory).
+    path: Path | None = None
 
     def run(self, feeds: Tensors, options: Any) -> Tensors:
         """Run one call (on a worker thread: InferenceSession.run is thread-safe).
@@ -150,22 +155,30 @@ def check_runtime_config(config: RuntimeConfig) -> None:
         raise ConfigError("runtime.model_dirs is empty: give at least one model directory")
 
 
-def load_models(config: RuntimeConfig) -> dict[str, LoadedModel]:
-    """Find, verify and load the models of ``config``, by name.
+def load_models(config: RuntimeConfig) -> list[LoadedModel]:
+    """Find, verify and load the models of ``config``: every version of every name.
 
     Raises ConfigError (a bad directory, an unknown or unloadable requested
     model) or ModelError (a manifest model that fails its checks).
     """
     candidates = find_model_files(config.model_dirs)
     selected = select_model_files(candidates, config.model_names)
-    models: dict[str, LoadedModel] = {}
+    models: list[LoadedModel] = []
     skipped: dict[str, str] = {}
     for cand in selected:
-        loaded = _load(cand, config, skipped)
-        if loaded is not None:
-            models[cand.name] = loaded
+        if cand.entry is not None:
+            # A manifest model is part of what this node promises; failing
+            # quietly would leave a mesh that silently lacks it.
+            models.append(load_file(cand, config))
+            continue
+        try:
+            models.append(load_file(cand, config))
+        except ModelError as exc:
+            skipped[cand.name] = exc.message
+            log.error("skipping model file %s: %s", cand.path, exc.message)
     if config.model_names is not None:
-        failed = [n for n in config.model_names if n not in models]
+        loaded = {m.spec.name for m in models}
+        failed = [n for n in config.model_names if n not in loaded]
         if failed:
             reasons = "; ".join(f"'{n}': {skipped[n]}" for n in failed)
             raise ConfigError(f"requested model(s) could not be loaded: {reasons}")
@@ -174,23 +187,31 @@ def load_models(config: RuntimeConfig) -> dict[str, LoadedModel]:
     return models
 
 
-def _load(cand: ModelFile, config: RuntimeConfig, skipped: dict[str, str]) -> LoadedModel | None:
-    """Load one model; None (logged, noted in ``skipped``) for a user's unservable file."""
-    if cand.entry is not None:
-        # A manifest model is part of what this node promises; failing
-        # quietly would leave a mesh that silently lacks it.
-        return _load_listed(cand, cand.entry, config)
-    try:
-        return _load_unlisted(cand, config)
-    except ModelError as exc:
-        skipped[cand.name] = exc.message
-        log.error("skipping model file %s: %s", cand.path, exc.message)
-        return None
+def load_file(
+    cand: ModelFile, config: RuntimeConfig, *, expect_sha256: str | None = None
+) -> LoadedModel:
+    """Verify and load one model file; ModelError (ModelIntegrityError) if it cannot be served.
 
-
-def _load_listed(cand: ModelFile, entry: ManifestEntry, config: RuntimeConfig) -> LoadedModel:
-    data = read_model_bytes(cand.path, missing_is_integrity=True)
+    ``expect_sha256`` (a model that arrived from elsewhere): the bytes must
+    have this checksum, or nothing is loaded. A manifest entry's own sha256
+    and signature are always checked. The session is built from the bytes
+    that were hashed, so what runs is exactly what was verified.
+    """
+    data = read_model_bytes(cand.path, missing_is_integrity=cand.entry is not None)
     actual = hashlib.sha256(data).hexdigest()
+    if expect_sha256 is not None and actual != expect_sha256:
+        raise ModelIntegrityError(
+            f"model '{cand.name}': {cand.path} has sha256 {actual}, expected"
+            f" {expect_sha256}; refusing to serve it"
+        )
+    if cand.entry is not None:
+        return _load_listed(cand, cand.entry, config, data, actual)
+    return _load_unlisted(cand, config, data, actual)
+
+
+def _load_listed(
+    cand: ModelFile, entry: ManifestEntry, config: RuntimeConfig, data: bytes, actual: str
+) -> LoadedModel:
     if actual != entry.sha256:
         raise ModelIntegrityError(
             f"model '{entry.name}': {cand.path} has sha256 {actual}, but the"
@@ -220,22 +241,21 @@ def _load_listed(cand: ModelFile, entry: ManifestEntry, config: RuntimeConfig) -
         compute_only=entry.compute_only,
         source="manifest",
     )
-    return _loaded(spec, session)
+    return _loaded(spec, session, cand)
 
 
-def _load_unlisted(cand: ModelFile, config: RuntimeConfig) -> LoadedModel:
-    data = read_model_bytes(cand.path, missing_is_integrity=False)
+def _load_unlisted(cand: ModelFile, config: RuntimeConfig, data: bytes, actual: str) -> LoadedModel:
     session = _session(cand, data, config)
     inputs, outputs = _signature(cand, session)
     spec = ModelSpec(
         name=cand.name,
-        version=UNLISTED_VERSION,
-        sha256=hashlib.sha256(data).hexdigest(),
+        version=cand.version,
+        sha256=actual,
         inputs=inputs,
         outputs=outputs,
         source="file",
     )
-    return _loaded(spec, session)
+    return _loaded(spec, session, cand)
 
 
 def _session(cand: ModelFile, data: bytes, config: RuntimeConfig) -> Any:
@@ -270,7 +290,7 @@ def _session_options(config: RuntimeConfig) -> Any:
     return opts
 
 
-def _loaded(spec: ModelSpec, session: Any) -> LoadedModel:
+def _loaded(spec: ModelSpec, session: Any, cand: ModelFile) -> LoadedModel:
     log.info(
         "serving model %s version %s (%s, sha256 %s)",
         spec.name,
@@ -278,7 +298,9 @@ def _loaded(spec: ModelSpec, session: Any) -> LoadedModel:
         spec.source,
         spec.sha256[:12],
     )
-    return LoadedModel(spec=spec, session=session, output_names=[t.name for t in spec.outputs])
+    return LoadedModel(
+        spec=spec, session=session, output_names=[t.name for t in spec.outputs], path=cand.path
+    )
 
 
 def _signature(

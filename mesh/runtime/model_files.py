@@ -1,10 +1,15 @@
 """Finding model files on disk: model directories, their manifests, and which files to serve.
 
-A model directory holds ``*.onnx`` files and, optionally, a ``manifest.toml``
-that lists some of them with their sha256 and signature (see
-``models/manifest.toml``). Files the manifest lists are served under the
-manifest's names; any other ``*.onnx`` file is served under its file stem.
-Nothing here loads a model: :mod:`mesh.runtime.loading` does that.
+A model directory holds models in three layouts, side by side:
+
+* ``DIR/name.onnx``: model ``name``, version ``"1"``;
+* ``DIR/name/<version>/model.onnx`` (Triton's layout; any one ``*.onnx`` in
+  the version folder will do when there is no ``model.onnx``): that version;
+* ``DIR/manifest.toml``, listing files with their version, sha256 and
+  signature (see ``models/manifest.toml``), served under the manifest's names.
+
+A name may have several versions, and each (name, version) pair must be
+unique. Nothing here loads a model: :mod:`mesh.runtime.loading` does that.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from pathlib import Path
 
 from mesh.core.models.manifest import ManifestEntry, parse_manifest
 from mesh.core.models.signatures import check_model_name
+from mesh.core.models.versions import FIRST_VERSION, check_version
 from mesh.errors import ConfigError, ModelError, ModelIntegrityError
 
 __all__ = [
     "MANIFEST_NAME",
+    "VERSION_FILE",
     "ModelFile",
     "find_model_files",
     "read_manifest",
@@ -32,6 +39,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.toml"
 
+# The file name of a version in a version folder (``DIR/name/<version>/model.onnx``).
+VERSION_FILE = "model.onnx"
+
 
 @dataclass(frozen=True)
 class ModelFile:
@@ -40,21 +50,50 @@ class ModelFile:
     name: str
     path: Path
     entry: ManifestEntry | None  # None: not in any manifest
+    version: str = FIRST_VERSION
 
 
-def find_model_files(dirs: Sequence[Path]) -> list[ModelFile]:
-    """Every model file of every directory; ConfigError on a bad dir or a duplicate name."""
-    found: dict[str, ModelFile] = {}
+def find_model_files(dirs: Sequence[Path], *, strict: bool = True) -> list[ModelFile]:
+    """Every model file of every directory.
+
+    ``strict`` (at start): ConfigError on a bad directory or manifest, or on
+    two files claiming one (name, version). Not strict (a reload, while the
+    node serves): each such problem is logged and the files concerned are
+    left out, so that one bad file does not stop the others from loading.
+    """
+    found: dict[tuple[str, str], ModelFile] = {}
+    clashes: set[tuple[str, str]] = set()
     for directory in dirs:
-        for cand in _find_in_dir(Path(directory)):
-            other = found.get(cand.name)
-            if other is not None:
-                raise ConfigError(
-                    f"two models are named '{cand.name}': {other.path} and {cand.path};"
-                    " rename one or remove its directory from runtime.model_dirs"
-                )
-            found[cand.name] = cand
-    return list(found.values())
+        try:
+            cands = _find_in_dir(Path(directory))
+        except ConfigError as exc:
+            if strict:
+                raise
+            log.error("reload: skipping model directory %s: %s", directory, exc.message)
+            continue
+        except OSError as exc:
+            # Changed under our feet while scanning (strict scans fail on
+            # their own ConfigError first); try again at the next reload.
+            if strict:
+                raise
+            log.error("reload: skipping model directory %s: %s", directory, exc)
+            continue
+        for cand in cands:
+            key = (cand.name, cand.version)
+            other = found.get(key)
+            if other is None:
+                found[key] = cand
+                continue
+            problem = (
+                f"two models are named '{cand.name}', both version '{cand.version}':"
+                f" {other.path} and {cand.path}; rename one or remove its directory from"
+                " runtime.model_dirs"
+            )
+            if strict:
+                raise ConfigError(problem)
+            log.error("reload: %s", problem)
+            clashes.add(key)
+    return [cand for key, cand in found.items() if key not in clashes]
 
 
 def _find_in_dir(directory: Path) -> list[ModelFile]:
@@ -62,9 +101,10 @@ def _find_in_dir(directory: Path) -> list[ModelFile]:
         raise ConfigError(f"model directory {directory} does not exist or is not a directory")
     manifest = directory / MANIFEST_NAME
     entries = read_manifest(manifest) if manifest.is_file() else {}
-    cands = [ModelFile(e.name, directory / e.file, e) for e in entries.values()]
+    cands = [ModelFile(e.name, directory / e.file, e, e.version) for e in entries.values()]
     listed = {(directory / e.file).resolve() for e in entries.values()}
     taken = {c.name for c in cands}
+    cands += _version_folders(directory, listed, taken)
     for path in sorted(directory.glob("*.onnx")):
         if not path.is_file() or path.resolve() in listed:
             continue
@@ -83,6 +123,57 @@ def _find_in_dir(directory: Path) -> list[ModelFile]:
     return cands
 
 
+def _version_folders(directory: Path, listed: set[Path], taken: set[str]) -> list[ModelFile]:
+    """The ``name/<version>/*.onnx`` files of ``directory``; names a manifest lists are skipped."""
+    cands: list[ModelFile] = []
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
+        # Hidden folders hold files being written (a model arriving); never serve those.
+        if folder.name.startswith("."):
+            continue
+        name = folder.name
+        try:
+            check_model_name(name)
+        except ConfigError:
+            continue
+        for version_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            try:
+                version = check_version(version_dir.name)
+            except ConfigError:
+                continue
+            path = _version_file(version_dir)
+            if path is None or path.resolve() in listed:
+                continue
+            if name in taken:
+                log.error(
+                    "skipping model file %s: the manifest of %s already lists a model named"
+                    " '%s'; give its versions in the manifest",
+                    path,
+                    directory,
+                    name,
+                )
+                continue
+            cands.append(ModelFile(name, path, None, version))
+    return cands
+
+
+def _version_file(version_dir: Path) -> Path | None:
+    """The model file of one version folder: ``model.onnx``, else its only ``*.onnx``."""
+    preferred = version_dir / VERSION_FILE
+    if preferred.is_file():
+        return preferred
+    files = sorted(p for p in version_dir.glob("*.onnx") if p.is_file())
+    if len(files) == 1:
+        return files[0]
+    if files:
+        log.error(
+            "skipping version folder %s: it holds %d .onnx files and no %s; keep one",
+            version_dir,
+            len(files),
+            VERSION_FILE,
+        )
+    return None
+
+
 def read_manifest(path: Path) -> dict[str, ManifestEntry]:
     """The entries of one ``manifest.toml``; ConfigError names the file and the problem."""
     try:
@@ -99,7 +190,7 @@ def read_manifest(path: Path) -> dict[str, ManifestEntry]:
 
 
 def select_model_files(cands: list[ModelFile], names: tuple[str, ...] | None) -> list[ModelFile]:
-    """Only the files named in ``names`` (all when None); ConfigError for an unknown name."""
+    """The files of the models in ``names`` (all when None); ConfigError for an unknown name."""
     if names is None:
         return cands
     by_name = {c.name: c for c in cands}
@@ -111,7 +202,9 @@ def select_model_files(cands: list[ModelFile], names: tuple[str, ...] | None) ->
             f"--model {', '.join(repr(n) for n in unknown)}: no model directory has it"
             f" (see --models); available models: {available}"
         )
-    return [by_name[n] for n in dict.fromkeys(names)]
+    wanted = set(names)
+    # Every version of a named model is served.
+    return [c for c in cands if c.name in wanted]
 
 
 def read_model_bytes(path: Path, *, missing_is_integrity: bool) -> bytes:

@@ -238,7 +238,7 @@ def scheduler(models: tuple[str, ...] = (M,), **config: object) -> Scheduler[int
     s: Scheduler[int] = Scheduler(
         node_id="id-a",
         name="a",
-        models=dict.fromkeys(models, SHA),
+        models=dict.fromkeys(models, frozenset({SHA})),
         config=SchedulerConfig(**config),  # type: ignore[arg-type]
         rng=random.Random(0),
     )
@@ -249,7 +249,7 @@ def scheduler(models: tuple[str, ...] = (M,), **config: object) -> Scheduler[int
 
 def peer_load(queued_s: float = 0.0, slots: int = 1, models: tuple[str, ...] = (M,)) -> PeerLoad:
     return PeerLoad(
-        models=dict.fromkeys(models, SHA),
+        models=dict.fromkeys(models, frozenset({SHA})),
         service_s=dict.fromkeys(models, SERVICE),
         queued_s=queued_s,
         free_slots=slots,

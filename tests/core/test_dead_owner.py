@@ -45,7 +45,7 @@ def node(name: str, *, slots: int = 1, **config: Any) -> Scheduler[int]:
     s: Scheduler[int] = Scheduler(
         node_id=f"id-{name}",
         name=name,
-        models={M: SHA},
+        models={M: frozenset({SHA})},
         config=SchedulerConfig(slots=slots, solo_depth=slots, **config),
         rng=random.Random(0),
     )
@@ -257,7 +257,11 @@ def test_an_owner_that_restarts_is_a_new_owner() -> None:
     b.peer_lost("a", 0.001)
     assert b.counters["orphaned"] > 0
     again = Scheduler[int](
-        node_id="id-a-2", name="a", models={M: SHA}, config=SchedulerConfig(), rng=random.Random(0)
+        node_id="id-a-2",
+        name="a",
+        models={M: frozenset({SHA})},
+        config=SchedulerConfig(),
+        rng=random.Random(0),
     )
     again.observe_service(M, SERVICE)
     know(again, b, now=0.002)
@@ -275,6 +279,8 @@ def test_owner_death_leaves_the_holders_gossip_clean() -> None:
     b.peer_lost("a", 0.001)
     assert b.holders(M) == [] and not b.shares_work()
     assert only(submit(b, 3, now=0.002), RunLocal)  # alone, it runs its own
-    load = PeerLoad(models={M: SHA}, service_s={M: SERVICE}, queued_s=0.0, free_slots=1)
+    load = PeerLoad(
+        models={M: frozenset({SHA})}, service_s={M: SERVICE}, queued_s=0.0, free_slots=1
+    )
     b.peer_update("a", load, 0.003)  # it came back
     assert b.holders(M) == ["a"]

@@ -49,7 +49,7 @@ def node(name: str, *, slots: int = 1, **config: Any) -> Scheduler[int]:
     s: Scheduler[int] = Scheduler(
         node_id=f"id-{name}",
         name=name,
-        models={M: SHA},
+        models={M: frozenset({SHA})},
         config=SchedulerConfig(slots=slots, **config),
         rng=random.Random(0),
     )

@@ -21,7 +21,7 @@ def estimates(
     slots: int = 1,
 ) -> Estimates:
     return Estimates(
-        models={M: "ab" * 32},
+        models={M: frozenset({"ab" * 32})},
         slots=slots,
         default_s=0.02,
         queued=lambda: dict(queued or {}),

@@ -82,10 +82,10 @@ def job(seq: int = 7, **fields: Any) -> Job[Tensors]:
     return Job(**values)
 
 
-LOAD = PeerLoad(models={M: SHA}, service_s={M: 0.004}, queued_s=0.125, free_slots=0)
+LOAD = PeerLoad(models={M: frozenset({SHA})}, service_s={M: 0.004}, queued_s=0.125, free_slots=0)
 ASK = StealAsk(
     thief="b",
-    models={M: SHA, "cnn-heavy": "cd" * 32},
+    models={M: frozenset({SHA}), "cnn-heavy": frozenset({"cd" * 32})},
     slots=2,
     free_slots=1,
     wait_s=0.015,
@@ -104,7 +104,7 @@ def test_steal_ask_round_trip() -> None:
 
 def test_steal_ask_from_a_scheduler_round_trips() -> None:
     thief: Scheduler[Tensors] = Scheduler(
-        node_id="id-b", name="b", models={M: SHA}, config=SchedulerConfig(slots=3)
+        node_id="id-b", name="b", models={M: frozenset({SHA})}, config=SchedulerConfig(slots=3)
     )
     thief.observe_service(M, 0.02)
     (steal,) = thief.nudged("a", 0.0)
@@ -153,8 +153,12 @@ def test_an_empty_grant_round_trips() -> None:
 def test_a_grant_carries_a_request_from_victim_to_thief() -> None:
     """Two schedulers with the real wire between them: the thief runs what it parsed."""
     config = SchedulerConfig()
-    victim: Scheduler[Tensors] = Scheduler(node_id="id-a", name="a", models={M: SHA}, config=config)
-    thief: Scheduler[Tensors] = Scheduler(node_id="id-b", name="b", models={M: SHA}, config=config)
+    victim: Scheduler[Tensors] = Scheduler(
+        node_id="id-a", name="a", models={M: frozenset({SHA})}, config=config
+    )
+    thief: Scheduler[Tensors] = Scheduler(
+        node_id="id-b", name="b", models={M: frozenset({SHA})}, config=config
+    )
     for s in (victim, thief):
         s.observe_service(M, 0.01)
     thief.peer_update("a", victim.load_summary(0.0), 0.0)

@@ -127,7 +127,7 @@ def test_unholdable_answers_queued_requests_nobody_runs() -> None:
     held = ledger.current(2, 0)
     assert held is not None
     ledger.hand_to(held, "b", lease_until=9.0)
-    gone = ledger.unholdable(lambda model: False)
+    gone = ledger.unholdable(lambda model, sha256: False)
     assert [seq for seq, _ in gone] == [1]  # the held one is its holder's to run
     assert 1 not in ledger and 2 in ledger
 

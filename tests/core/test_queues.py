@@ -13,14 +13,17 @@ from mesh.core.scheduling.queues import Queues
 from mesh.errors import InternalError
 
 M, N = "digits-small", "cnn-heavy"
+# A model held at some version: runs any job of it whose sha256 is None.
+ANY: frozenset[str] = frozenset()
+V1, V2 = "a1" * 32, "b2" * 32
 
 
-def job(seq: int, model: str = M, at: float | None = None) -> Job[int]:
+def job(seq: int, model: str = M, at: float | None = None, sha256: str | None = None) -> Job[int]:
     return Job(
         key=("id-a", seq),
         owner="a",
         model=model,
-        sha256=None,
+        sha256=sha256,
         epoch=0,
         payload=seq,
         size_bytes=10,
@@ -59,7 +62,7 @@ def test_a_job_that_leaves_is_never_counted_started_or_offered(
     assert queues.count(M) == queues.total() == len(left)
     assert [j.payload for j in queues.newest_first()] == left[::-1]
     started = []
-    while (nxt := queues.next_runnable({M})) is not None:
+    while (nxt := queues.next_runnable({M: ANY})) is not None:
         queues.start(nxt, now=0.0, slots=8)
         started.append(nxt.payload)
     assert started == left
@@ -76,16 +79,37 @@ def test_newest_first_merges_models_by_arrival() -> None:
 def test_next_runnable_is_the_oldest_of_the_models_that_run_here() -> None:
     jobs = [job(1, N), job(2, M), job(3, N)]
     queues = filled(*jobs)
-    assert queues.next_runnable({M, N}) is jobs[0]
-    assert queues.next_runnable({M}) is jobs[1]
-    assert queues.next_runnable(set()) is None
+    assert queues.next_runnable({M: ANY, N: ANY}) is jobs[0]
+    assert queues.next_runnable({M: ANY}) is jobs[1]
+    assert queues.next_runnable({}) is None
+
+
+def test_next_runnable_takes_only_a_version_held_here() -> None:
+    jobs = [job(1, M, sha256=V1), job(2, N, sha256=V2), job(3, M, sha256=V2)]
+    queues = filled(*jobs)
+    assert queues.next_runnable({M: frozenset({V2}), N: frozenset({V2})}) is jobs[1]
+    # The front of M's queue is a version held elsewhere: M waits for a peer to take it.
+    assert queues.next_runnable({M: frozenset({V2})}) is None
+    assert queues.next_runnable({M: frozenset({V1, V2})}) is jobs[0]
+
+
+def test_uses_sees_queued_and_running_jobs_of_a_version() -> None:
+    queues = filled(job(1, M, sha256=V1), job(2, M, sha256=V2))
+    assert queues.uses(M, V1) and queues.uses(M, V2)
+    first = queues.next_runnable({M: frozenset({V1})})
+    assert first is not None
+    queues.start(first, now=0.0, slots=1)
+    assert queues.uses(M, V1)  # running
+    queues.finish(first)
+    assert not queues.uses(M, V1)
+    assert not queues.uses(N, V2)
 
 
 def test_old_work_coming_back_goes_to_the_front() -> None:
     queues = filled(job(1), job(2))
     back = job(3, at=0.5)
     queues.push(back, front=True)
-    assert queues.next_runnable({M}) is back
+    assert queues.next_runnable({M: ANY}) is back
 
 
 def test_only_the_front_of_a_queue_starts() -> None:

@@ -121,7 +121,7 @@ def node(name: str) -> Scheduler[int]:
     s: Scheduler[int] = Scheduler(
         node_id=f"id-{name}",
         name=name,
-        models={M: SHA},
+        models={M: frozenset({SHA})},
         config=SchedulerConfig(slots=1, solo_depth=1),
         rng=random.Random(0),
     )
@@ -318,7 +318,7 @@ def test_a_malformed_holding_report_is_refused(holding: object, message: str) ->
 
 ASK = StealAsk(
     thief="b",
-    models={M: SHA},
+    models={M: frozenset({SHA})},
     slots=1,
     free_slots=1,
     wait_s=0.0,

@@ -74,7 +74,7 @@ def node(
     s: Scheduler[int] = Scheduler(
         node_id=f"id-{name}",
         name=name,
-        models=dict.fromkeys(models, SHA),
+        models=dict.fromkeys(models, frozenset({SHA})),
         config=SchedulerConfig(slots=slots, **config),
         rng=random.Random(seed),
     )
@@ -94,7 +94,7 @@ def pair(**config: Any) -> tuple[Scheduler[int], Scheduler[int]]:
 def load(queued_s: float = 0.0, free_slots: int = 1, models: Sequence[str] = (M,)) -> PeerLoad:
     """A peer's gossiped load, written by hand."""
     return PeerLoad(
-        models=dict.fromkeys(models, SHA),
+        models=dict.fromkeys(models, frozenset({SHA})),
         service_s=dict.fromkeys(models, SERVICE),
         queued_s=queued_s,
         free_slots=free_slots,

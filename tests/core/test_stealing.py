@@ -18,7 +18,7 @@ CONFIG = SchedulerConfig()
 
 def load(queued_s: float, models: tuple[str, ...] = (M,)) -> PeerLoad:
     return PeerLoad(
-        models=dict.fromkeys(models, SHA),
+        models=dict.fromkeys(models, frozenset({SHA})),
         service_s=dict.fromkeys(models, 0.01),
         queued_s=queued_s,
         free_slots=0,
@@ -110,7 +110,7 @@ def test_hysteresis_margin(service_s: float, margin: float) -> None:
 def ask(models: dict[str, str]) -> StealAsk:
     return StealAsk(
         thief="t",
-        models=models,
+        models={name: frozenset({sha}) for name, sha in models.items()},
         slots=1,
         free_slots=1,
         wait_s=0.0,

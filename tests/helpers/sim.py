@@ -122,7 +122,7 @@ class Sim(SimNetwork):
         s: Scheduler[str] = Scheduler(
             node_id=f"id-{name}",
             name=name,
-            models={MODEL: SHA},
+            models={MODEL: frozenset({SHA})},
             config=config,
             rng=random.Random(self.scenario.seed * 31 + index),
         )

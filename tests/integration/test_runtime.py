@@ -236,7 +236,7 @@ class _FakeSession:
 
 
 def _fake(rt: Runtime, model: str, **kwargs: Any) -> _FakeSession:
-    loaded = rt._models[model]
+    loaded = rt._resolve(model, None)
     fake = _FakeSession(loaded.session, name=model, **kwargs)
     loaded.session = fake
     return fake

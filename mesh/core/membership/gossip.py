@@ -54,6 +54,8 @@ _HOST_RE = re.compile(r"[A-Za-z0-9._:%-]{1,255}")
 _UNSPECIFIED_HOSTS = frozenset({"0.0.0.0", "::"})
 _ROLE_RE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+# A version label, as mesh.core.models.versions checks it.
+_VERSION_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,31}")
 
 
 class MemberState(StrEnum):
@@ -72,13 +74,21 @@ _STATES = frozenset(str(s) for s in MemberState)
 
 @dataclass(frozen=True, slots=True)
 class ModelHolding:
-    """A model a node serves, with its file's checksum (same name, same model?)."""
+    """A version of a model a node serves: its name, its file's checksum, its label.
+
+    A node serving several versions of a name sends one of these for each.
+    """
 
     name: str
     sha256: str
+    # The version's label ("1", "2"...); None from peers that do not say.
+    version: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256}
+        wire = {"name": self.name, "sha256": self.sha256}
+        if self.version is not None:
+            wire["version"] = self.version
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +267,14 @@ def _load(value: object) -> Load:
     body = _map(value, "load")
     models = _list(_get(body, "models", "load."), "load.models", MAX_MODELS)
     holdings = tuple(_holding(m, f"load.models[{i}]") for i, m in enumerate(models))
-    _no_duplicates([h.name for h in holdings], "load.models")
+    # One entry per version: a name may repeat, a (name, sha256) pair may not.
+    versions: set[tuple[str, str]] = set()
+    for h in holdings:
+        if (h.name, h.sha256) in versions:
+            raise BadRequest(
+                f"gossip: load.models names {_show(h.name)} twice at sha256 {h.sha256[:12]}"
+            )
+        versions.add((h.name, h.sha256))
     service = _map(_get(body, "service_s", "load."), "load.service_s")
     if len(service) > MAX_MODELS:
         raise BadRequest(
@@ -285,8 +302,13 @@ def _holding(value: object, path: str) -> ModelHolding:
     sha256 = _get(body, "sha256", path + ".")
     if not isinstance(sha256, str) or not _SHA256_RE.fullmatch(sha256):
         raise _bad(path + ".sha256", "64 lower-case hex digits", sha256)
+    version = body.get("version")
+    if version is not None and not (isinstance(version, str) and _VERSION_RE.fullmatch(version)):
+        raise _bad(path + ".version", "a version label such as '1' (up to 32 characters)", version)
     return ModelHolding(
-        name=_model_name(_get(body, "name", path + "."), path + ".name"), sha256=sha256
+        name=_model_name(_get(body, "name", path + "."), path + ".name"),
+        sha256=sha256,
+        version=version,
     )
 
 

@@ -38,14 +38,14 @@ class Estimates:
     def __init__(
         self,
         *,
-        models: Mapping[str, str],
+        models: Mapping[str, frozenset[str]],
         slots: int,
         default_s: float,
         queued: Callable[[], Mapping[str, int]],
         running: Callable[[], Iterable[Job[Any]]],
         gossiped: Callable[[], Iterable[Mapping[str, float]]],
     ) -> None:
-        self.models = models  # what runs here: name → sha256
+        self.models = models  # what runs here: name → sha256 of each version
         self.slots = slots
         self.default_s = default_s  # for a model nobody has measured yet
         self._queued = queued  # jobs queued per model

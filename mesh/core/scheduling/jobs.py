@@ -22,6 +22,7 @@ __all__ = [
     "Job",
     "JobKey",
     "JobState",
+    "ModelShas",
     "Nudge",
     "PeerLoad",
     "Reply",
@@ -30,12 +31,31 @@ __all__ = [
     "SendResult",
     "Steal",
     "StealAsk",
+    "models_to_wire",
+    "runs",
 ]
 
 P = TypeVar("P")
 
 # Where a request is: owner's node id and the owner's sequence number for it.
 JobKey = tuple[str, int]
+
+# The models a node runs: model name → the sha256 of each version it holds.
+ModelShas = Mapping[str, frozenset[str]]
+
+
+def runs(models: ModelShas, model: str, sha256: str | None) -> bool:
+    """Whether ``models`` has ``model`` at ``sha256`` (None: at any version)."""
+    held = models.get(model)
+    return held is not None and (sha256 is None or sha256 in held)
+
+
+def models_to_wire(models: ModelShas) -> dict[str, str | list[str]]:
+    """``models`` on the wire: a name's one sha256 as a string (as nodes that
+    hold one version per name always sent it), several as a sorted list."""
+    return {
+        name: next(iter(shas)) if len(shas) == 1 else sorted(shas) for name, shas in models.items()
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +129,9 @@ class Job(Generic[P]):
     key: JobKey
     owner: str  # the owner's node name, to route the result
     model: str
-    # Checksum of the model the owner asked for; None when the owner does not
-    # hold it itself (any holder of that name will do).
+    # Checksum of the version the owner resolved the request to: only a node
+    # holding this exact file may run it. None (from older owners): any
+    # holder of that name will do.
     sha256: str | None
     epoch: int
     payload: P
@@ -128,7 +149,7 @@ class Job(Generic[P]):
 class PeerLoad:
     """A peer as the scheduler needs it, from gossip or a steal reply."""
 
-    models: Mapping[str, str]  # model name → sha256
+    models: ModelShas  # model name → sha256 of each version
     service_s: Mapping[str, float]
     # Time until a request queued there now could start: its queued and
     # running work, seconds per slot (gossip's "queued_s").
@@ -143,7 +164,7 @@ class StealAsk:
     """What a thief tells a victim about itself when asking for work."""
 
     thief: str  # node name
-    models: Mapping[str, str]  # model name → sha256 it can run
+    models: ModelShas  # model name → sha256 of each version it can run
     slots: int
     free_slots: int
     wait_s: float  # its own work ahead of anything granted, seconds
@@ -158,7 +179,7 @@ class StealAsk:
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
             "thief": self.thief,
-            "models": dict(self.models),
+            "models": models_to_wire(self.models),
             "slots": self.slots,
             "free_slots": self.free_slots,
             "wait_s": self.wait_s,

@@ -197,14 +197,14 @@ class Ledger(Generic[P]):
         del self._owned[key[1]]
         return owned
 
-    def unholdable(self, runnable: Callable[[str], bool]) -> list[tuple[int, Owned[P]]]:
-        """Answer and return the queued requests whose model no live node runs."""
+    def unholdable(self, runnable: Callable[[str, str | None], bool]) -> list[tuple[int, Owned[P]]]:
+        """Answer and return the queued requests whose model (at its sha256) no live node runs."""
         gone = [
             (seq, owned)
             for seq, owned in self._owned.items()
             if owned.holder is None
             and owned.job.state is JobState.QUEUED
-            and not runnable(owned.job.model)
+            and not runnable(owned.job.model, owned.job.sha256)
         ]
         for seq, _ in gone:
             del self._owned[seq]

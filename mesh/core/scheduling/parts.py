@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Generic, TypeVar
 
@@ -29,12 +28,14 @@ from mesh.core.scheduling.jobs import (
     Job,
     JobKey,
     JobState,
+    ModelShas,
     Nudge,
     PeerLoad,
     Reply,
     RunLocal,
     SchedulerConfig,
     Steal,
+    runs,
 )
 from mesh.core.scheduling.ledger import Ledger, Owned, missed_deadline
 from mesh.core.scheduling.queues import Queues
@@ -57,14 +58,18 @@ class SchedulerParts(Generic[P]):
         *,
         node_id: str,
         name: str,
-        models: Mapping[str, str],
+        models: ModelShas,
         config: SchedulerConfig,
         rng: random.Random | None = None,
     ) -> None:
         self.node_id = node_id
         self.name = name
         self.config = config
-        self._models = dict(models)  # what runs here: name → sha256
+        # What this node serves (name → sha256 of each version): what it
+        # advertises, takes in steals and resolves new requests to.
+        self._models: dict[str, frozenset[str]] = dict(models)
+        # What it still runs: those, and retired versions with work left.
+        self._runnable: dict[str, frozenset[str]] = dict(models)
         self._ledger: Ledger[P] = Ledger(node_id, name)
         self._queues: Queues[P] = Queues()
         self._peers = Peers(config, rng or random.Random())
@@ -85,9 +90,24 @@ class SchedulerParts(Generic[P]):
     # --- what the node asks ---------------------------------------------------
 
     @property
-    def models(self) -> Mapping[str, str]:
-        """Models that run here: name → sha256."""
+    def models(self) -> ModelShas:
+        """Models served here: name → sha256 of each version."""
         return self._models
+
+    def set_models(self, serving: ModelShas, retiring: ModelShas | None = None) -> None:
+        """What this node now serves, and the retired versions it still runs
+        (queued or running work of theirs finishes here, but they take no
+        new work and are not advertised)."""
+        self._models.clear()
+        self._models.update(serving)
+        self._runnable.clear()
+        self._runnable.update(serving)
+        for model, shas in (retiring or {}).items():
+            self._runnable[model] = self._runnable.get(model, frozenset()) | shas
+
+    def uses(self, model: str, sha256: str) -> bool:
+        """Whether a job queued or running here is for ``model`` at ``sha256``."""
+        return self._queues.uses(model, sha256)
 
     def service_s(self, model: str) -> float | None:
         """This node's measured service time for ``model``; None before a run."""
@@ -169,7 +189,7 @@ class SchedulerParts(Generic[P]):
             # event loop (a small model runs in tens of microseconds).
             limit = max(limit, self.config.solo_depth)
         while len(self._queues.running) < limit:
-            job = self._queues.next_runnable(self._models)
+            job = self._queues.next_runnable(self._runnable)
             if job is None:
                 break
             if job.deadline is not None and job.deadline <= now:
@@ -253,13 +273,15 @@ class SchedulerParts(Generic[P]):
     def _fail_unholdable(self) -> list[Action]:
         """Answer owned requests no live node can run any more."""
         actions: list[Action] = []
-        for seq, owned in self._ledger.unholdable(
-            lambda model: model in self._models or bool(self.holders(model))
-        ):
+        for seq, owned in self._ledger.unholdable(self._holdable):
             self._queues.leave(owned.job)
             self.counters["failed"] += 1
             actions.append(Reply(seq, ModelNotFound(self._not_found(owned.job.model))))
         return actions
+
+    def _holdable(self, model: str, sha256: str | None) -> bool:
+        """Whether this node or a live peer runs ``model`` at ``sha256``."""
+        return runs(self._runnable, model, sha256) or bool(self._peers.holders(model, sha256))
 
     def _not_found(self, model: str) -> str:
         known = set(self._models) | self._peers.known_models()

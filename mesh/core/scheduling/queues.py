@@ -18,7 +18,7 @@ from collections import Counter, deque
 from collections.abc import Collection, Container, Iterator
 from typing import Generic, TypeVar
 
-from mesh.core.scheduling.jobs import Job, JobKey, JobState
+from mesh.core.scheduling.jobs import Job, JobKey, JobState, ModelShas, runs
 from mesh.errors import InternalError
 
 P = TypeVar("P")
@@ -87,17 +87,33 @@ class Queues(Generic[P]):
         self.leave(job)
         return False
 
-    def next_runnable(self, models: Container[str]) -> Job[P] | None:
-        """The oldest queued job of any of ``models``, left in place."""
+    def next_runnable(self, models: ModelShas) -> Job[P] | None:
+        """The oldest queued job of any of ``models`` (at a sha256 held), left in place.
+
+        Only the front of each model's queue is looked at: a job for a
+        version held only by peers waits there, and the jobs behind it with
+        it, until a peer takes it (the owner nudges them).
+        """
         best: Job[P] | None = None
         for model, queue in self._queues.items():
             if model not in models:
                 continue
             while queue and queue[0].state is not JobState.QUEUED:
                 queue.popleft()
-            if queue and (best is None or queue[0].enqueued_at < best.enqueued_at):
+            if (
+                queue
+                and runs(models, model, queue[0].sha256)
+                and (best is None or queue[0].enqueued_at < best.enqueued_at)
+            ):
                 best = queue[0]
         return best
+
+    def uses(self, model: str, sha256: str) -> bool:
+        """Whether a job queued or running here is for ``model`` at ``sha256``."""
+        if any(j.model == model and j.sha256 == sha256 for j in self._running.values()):
+            return True
+        queue = self._queues.get(model, ())
+        return any(j.state is JobState.QUEUED and j.sha256 == sha256 for j in queue)
 
     def newest_first(self) -> Iterator[Job[P]]:
         """Queued jobs of every model, newest first (the end a thief takes from)."""

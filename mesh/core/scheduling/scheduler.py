@@ -45,6 +45,7 @@ from mesh.core.scheduling.jobs import (
     Reply,
     SendResult,
     StealAsk,
+    runs,
 )
 from mesh.core.scheduling.ledger import lease_s
 from mesh.core.scheduling.parts import SchedulerParts, snapshot
@@ -77,6 +78,7 @@ class Scheduler(SchedulerParts[P]):
         *,
         gateway: bool = False,
         default_s: float | None = None,
+        sha256: str | None = None,
     ) -> Placement:
         """Whether a new request for ``model`` stays in the mesh (see mesh.core.policy.capacity).
 
@@ -84,10 +86,12 @@ class Scheduler(SchedulerParts[P]):
         is shared, every peer that runs the same model: they would all drain
         this node's queue for it, each from when it is free. ``gateway`` and
         ``default_s``: whether a gateway could take it instead, and the
-        deadline a request without one is then judged by.
+        deadline a request without one is then judged by. ``sha256``: the
+        version the request was resolved to (None: any).
         """
-        sha = self._models.get(model)
-        holders = [self._estimates.capacity(self.name, model, now)] if sha is not None else []
+        sha = sha256
+        here = runs(self._models, model, sha)
+        holders = [self._estimates.capacity(self.name, model, now)] if here else []
         if self.config.steal:
             holders += self._peers.capacities(model, sha, now, self._estimates.estimate)
         return place(
@@ -111,16 +115,24 @@ class Scheduler(SchedulerParts[P]):
         deadline: float | None,
         request_id: str | None,
         now: float,
+        sha256: str | None = None,
     ) -> tuple[int, list[Action]]:
         """Take ownership of a new request; its seq, and what to do.
 
-        Raises ModelNotFound when neither this node nor any peer holds ``model``.
-        Ask :meth:`placement` first for whether it should stay in the mesh.
+        ``sha256``: the version the request was resolved to; only a node
+        holding that file runs it. None: this node's only version of
+        ``model``, else any holder's. Raises ModelNotFound when neither this
+        node nor any peer holds ``model`` (at ``sha256``). Ask
+        :meth:`placement` first for whether it should stay in the mesh.
         """
         if self.drain is not None:
             raise refused(self.name)
-        sha = self._models.get(model)
-        if sha is None and not (self.config.steal and self.holders(model)):
+        sha = sha256
+        if sha is None and len(self._models.get(model, ())) == 1:
+            (sha,) = self._models[model]
+        if not runs(self._models, model, sha) and not (
+            self.config.steal and self._peers.holders(model, sha)
+        ):
             raise ModelNotFound(self._not_found(model))
         job = self._ledger.open(
             model=model,

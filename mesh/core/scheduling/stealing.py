@@ -24,7 +24,15 @@ from typing import Any, TypeVar
 
 from mesh.core.policy.capacity import Capacity, water_level
 from mesh.core.scheduling.estimates import Estimates, ewma
-from mesh.core.scheduling.jobs import Job, PeerLoad, SchedulerConfig, Steal, StealAsk
+from mesh.core.scheduling.jobs import (
+    Job,
+    ModelShas,
+    PeerLoad,
+    SchedulerConfig,
+    Steal,
+    StealAsk,
+    runs,
+)
 
 P = TypeVar("P")
 
@@ -141,22 +149,18 @@ class Peers:
 
     def holders(self, model: str, sha: str | None) -> list[str]:
         """Peers that run ``model`` (at ``sha``, unless None), as gossip last said."""
-        return [
-            name
-            for name, peer in self._peers.items()
-            if model in peer.load.models and (sha is None or peer.load.models[model] == sha)
-        ]
+        return [name for name, peer in self._peers.items() if runs(peer.load.models, model, sha)]
 
     def known_models(self) -> set[str]:
         """Every model some peer runs."""
         return {model for peer in self._peers.values() for model in peer.load.models}
 
-    def run_any(self, models: Mapping[str, str]) -> bool:
-        """Whether some peer runs one of ``models`` at the same sha256."""
+    def run_any(self, models: ModelShas) -> bool:
+        """Whether some peer runs one of ``models`` at one of the same sha256s."""
         return any(
-            models.get(model) == sha
+            not shas.isdisjoint(models.get(model, ()))
             for peer in self._peers.values()
-            for model, sha in peer.load.models.items()
+            for model, shas in peer.load.models.items()
         )
 
     def gossiped_service(self) -> Iterator[Mapping[str, float]]:
@@ -342,8 +346,7 @@ def movable(job: Job[P], ask: StealAsk, config: SchedulerConfig, now: float) -> 
     """Whether queued ``job`` may go to the thief at all: moves left, same model, in time."""
     return (
         job.moves < config.max_moves
-        and ask.models.get(job.model) is not None
-        and (job.sha256 is None or ask.models[job.model] == job.sha256)
+        and runs(ask.models, job.model, job.sha256)
         and (job.deadline is None or job.deadline > now)
     )
 
@@ -445,7 +448,7 @@ def worth_moving_to(
     """Whether ``peer``, waiting ``wait`` already, would finish our newest movable job sooner."""
     load = peer.load
     for job in newest_first:
-        if job.model not in load.models or job.moves >= config.max_moves:
+        if not runs(load.models, job.model, job.sha256) or job.moves >= config.max_moves:
             continue
         theirs = load.service_s.get(job.model) or here.estimate(job.model)
         mine = here.finish_s(now) if job.model in here.models else math.inf

@@ -28,7 +28,7 @@ from typing import Any
 
 from mesh.core.membership.gossip import MAX_MODELS, MAX_SECONDS, MAX_SLOTS, MAX_TEXT
 from mesh.core.models.signatures import check_model_name
-from mesh.core.scheduling.jobs import Job, PeerLoad, StealAsk
+from mesh.core.scheduling.jobs import Job, PeerLoad, StealAsk, models_to_wire
 from mesh.core.wire.tensors import Tensors, decode_tensors, encode_tensors
 from mesh.errors import BadRequest, MeshError, error_from_wire
 
@@ -128,13 +128,20 @@ def _map(what: str, value: object) -> Mapping[Any, Any]:
     return value
 
 
-def _models(what: str, value: object) -> dict[str, str]:
+def _models(what: str, value: object) -> dict[str, frozenset[str]]:
     table = _map(what, value)
     if len(table) > MAX_MODELS:
         raise BadRequest(f"{what} lists {len(table)} models; at most {MAX_MODELS}")
-    out: dict[str, str] = {}
-    for name, sha in table.items():
-        out[_model(f"{what} key", name)] = _text(f"{what}[{name!r}]", sha)
+    out: dict[str, frozenset[str]] = {}
+    for name, shas in table.items():
+        where = f"{what}[{name!r}]"
+        # One version: its sha256; several: a list of them (see models_to_wire).
+        if isinstance(shas, list):
+            if not 1 <= len(shas) <= MAX_MODELS:
+                raise BadRequest(f"{where}: expected 1 to {MAX_MODELS} sha256 values")
+            out[_model(f"{what} key", name)] = frozenset(_text(where, s) for s in shas)
+        else:
+            out[_model(f"{what} key", name)] = frozenset({_text(where, shas)})
     return out
 
 
@@ -228,7 +235,7 @@ def encode_grant(jobs: list[Job[Tensors]], load: PeerLoad, now: float) -> dict[s
             for job in jobs
         ],
         "load": {
-            "models": dict(load.models),
+            "models": models_to_wire(load.models),
             "service_s": dict(load.service_s),
             "queued_s": load.queued_s,
             "free_slots": load.free_slots,

@@ -7,7 +7,8 @@ map of input name to tensor map, ``options`` a map with optional
 ``detail`` (true: answer ``{"outputs": ..., "ran_on": node name}``), and for a
 model with an escalation rule ``escalate`` (false: the edge answer only) and
 ``escalate_threshold`` (this request's own threshold; see
-:mod:`mesh.core.policy.escalation`).
+:mod:`mesh.core.policy.escalation`), and ``version`` (the model version to
+run, by label; else the newest: see :mod:`mesh.core.models.versions`).
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from mesh.core.models.versions import check_version
 from mesh.core.policy.escalation import NO_OVERRIDE, Override, parse_override
 from mesh.core.wire.tensors import decode_tensors
-from mesh.errors import BadRequest
+from mesh.errors import BadRequest, ConfigError
 
 __all__ = ["MAX_REQUEST_ID_LENGTH", "InferRequest", "parse_infer"]
 
 MAX_REQUEST_ID_LENGTH = 128
-_OPTIONS = frozenset({"request_id", "deadline_ms", "detail", "escalate", "escalate_threshold"})
+_OPTIONS = frozenset(
+    {"request_id", "deadline_ms", "detail", "escalate", "escalate_threshold", "version"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,8 @@ class InferRequest:
     detail: bool = False
     # Joint inference: opt out, or another threshold (NO_OVERRIDE: the rule's).
     escalation: Override = NO_OVERRIDE
+    # The model version asked for (its label); None: the newest.
+    version: str | None = None
 
 
 def parse_infer(params: list[Any]) -> InferRequest:
@@ -78,6 +84,12 @@ def parse_infer(params: list[Any]) -> InferRequest:
     detail = options.get("detail", False)
     if not isinstance(detail, bool):
         raise BadRequest(f"infer: detail must be true or false, got {detail!r}")
+    version = options.get("version")
+    if version is not None:
+        try:
+            check_version(version, "infer: version")
+        except ConfigError as exc:
+            raise BadRequest(exc.message) from None
     return InferRequest(
         model=model,
         detail=detail,
@@ -87,4 +99,5 @@ def parse_infer(params: list[Any]) -> InferRequest:
         escalation=parse_override(
             options.get("escalate"), options.get("escalate_threshold"), "infer"
         ),
+        version=version,
     )
