@@ -118,6 +118,24 @@ def add_node_command(commands: Any) -> None:
         "(0 picks a free port; default: no HTTP)",
     )
     node.add_argument(
+        "--http-host",
+        metavar="ADDRESS",
+        help="address the HTTP API listens on (default: --host's; but 127.0.0.1 for a node "
+        "with a mesh key and no --http-token-file, so a closed mesh has no open door)",
+    )
+    node.add_argument(
+        "--http-token-file",
+        metavar="FILE",
+        help="file holding a bearer token every HTTP request must carry "
+        "(Authorization: Bearer TOKEN; all but /v2/health/live); default: none checked",
+    )
+    node.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve the HTTP API over HTTPS with this PEM certificate chain (with --tls-key)",
+    )
+    node.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    node.add_argument(
         "--gateway",
         metavar="URL",
         help="cloud gateway (any Open Inference Protocol server) for requests the mesh "
@@ -127,6 +145,17 @@ def add_node_command(commands: Any) -> None:
         "--gateway-timeout",
         metavar="SECONDS",
         help="longest wait for the gateway when a request has no deadline (default: 30)",
+    )
+    node.add_argument(
+        "--gateway-token-file",
+        metavar="FILE",
+        help="file holding the bearer token sent with every request to the gateway",
+    )
+    node.add_argument(
+        "--gateway-ca-file",
+        metavar="FILE",
+        help="for an https:// gateway: trust only the certificates this PEM file vouches for "
+        "(default: the system's CAs)",
     )
     node.add_argument(
         "--default-deadline-ms",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mesh.config.credentials import client_credentials, http_security
 from mesh.config.escalation import escalation_rules
 from mesh.config.settings import (
     DEFAULT_GATEWAY_PORT,
@@ -200,8 +201,14 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "emulate_speed": _positive_number,
     "emulate_service_ms": _non_negative_number,
     "http_port": _port,
+    "http_host": _text,
+    "http_token_file": _text,
+    "tls_cert": _text,
+    "tls_key": _text,
     "gateway": lambda key, value: check_gateway_url(key, value),
     "gateway_timeout": _positive_float,
+    "gateway_token_file": _text,
+    "gateway_ca_file": _text,
     "default_deadline_ms": _positive_number,
     "queue_cap": _positive_int,
     "escalate": escalation_rules,
@@ -353,7 +360,10 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         gateway = GatewayClientConfig(
             url=settings["gateway"],
             timeout_s=settings.get("gateway_timeout", GatewayClientConfig.timeout_s),
+            **client_credentials(settings, "gateway"),
         )
+    elif "gateway_token_file" in settings or "gateway_ca_file" in settings:
+        raise ConfigError("gateway_token_file and gateway_ca_file need a gateway URL (--gateway)")
     port = settings.get("port", defaults.port)
     name = settings.get("name")
     return NodeConfig(
@@ -366,7 +376,12 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         rpc=rpc,
         mesh=mesh,
         work=work,
-        http=HttpConfig(port=settings.get("http_port"), max_body_bytes=rpc.max_message_bytes),
+        http=HttpConfig(
+            port=settings.get("http_port"),
+            max_body_bytes=rpc.max_message_bytes,
+            host=settings.get("http_host"),
+            **http_security(settings),
+        ),
         gateway=gateway,
         fallback=FallbackConfig(
             default_deadline_ms=settings.get(
@@ -435,6 +450,11 @@ _GATEWAY_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "upstream": check_gateway_url,
     "upstream_timeout": _positive_float,
     "upstream_max_in_flight": _positive_int,
+    "upstream_token_file": _text,
+    "upstream_ca_file": _text,
+    "http_token_file": _text,
+    "tls_cert": _text,
+    "tls_key": _text,
     "slots": _positive_int,
     "queue_cap": _non_negative_int,
     "emulate_service_ms": _non_negative_number,
@@ -464,6 +484,7 @@ def _build_gateway_config(settings: Mapping[str, Any]) -> GatewayServerConfig:
     http = HttpConfig(
         port=settings.get("port", DEFAULT_GATEWAY_PORT),
         max_body_bytes=settings.get("max_body_bytes", DEFAULT_MAX_MESSAGE_BYTES),
+        **http_security(settings),
     )
     upstream = None
     if "upstream" in settings:
@@ -472,9 +493,13 @@ def _build_gateway_config(settings: Mapping[str, Any]) -> GatewayServerConfig:
             url=client.url,
             timeout_s=settings.get("upstream_timeout", client.timeout_s),
             max_in_flight=settings.get("upstream_max_in_flight", client.max_in_flight),
+            **client_credentials(settings, "upstream"),
         )
-    elif "upstream_timeout" in settings or "upstream_max_in_flight" in settings:
-        raise ConfigError("upstream_timeout and upstream_max_in_flight need an upstream URL")
+    elif any(key.startswith("upstream_") for key in settings):
+        raise ConfigError(
+            "upstream_timeout, upstream_max_in_flight, upstream_token_file and "
+            "upstream_ca_file need an upstream URL"
+        )
     emulation = None
     if "emulate_service_ms" in settings:
         emulation = Emulation(speed=1.0, service_ms=settings["emulate_service_ms"])

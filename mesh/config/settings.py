@@ -6,6 +6,7 @@ TOML; tests and embedders may build them directly.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -160,6 +161,15 @@ class HttpConfig:
     port: int | None = None
     # Largest request body accepted; a bigger one is refused with 413.
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # The address to listen on; None: the node's or gateway's own host (for a
+    # node, see NodeConfig.http_bind: a keyed node without a token stays local).
+    host: str | None = None
+    # A bearer token every request must carry (all but /v2/health/live);
+    # None checks nothing.
+    token: str | None = field(default=None, repr=False)
+    # Serve HTTPS with this PEM certificate chain and private key; None: plain HTTP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +183,11 @@ class GatewayClientConfig:
     # needs the gateway is refused with Overloaded instead of piling up.
     max_in_flight: int = 256
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    # Sent as "Authorization: Bearer <token>" with every request; None sends none.
+    token: str | None = field(default=None, repr=False)
+    # For https:// URLs: trust only the certificates this PEM file vouches
+    # for; None trusts the system's CAs.
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,31 @@ class NodeConfig:
     # On SIGTERM/SIGINT or `edgemesh drain`: how long the node may take to
     # finish, hand off and answer what it holds before it exits anyway.
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+
+    def http_bind(self) -> tuple[str, str | None]:
+        """Where the HTTP API listens, and, when that is loopback on our own
+        decision, a line for the log saying why.
+
+        A keyed node whose HTTP API checks no token would be an open door
+        into a closed mesh, so it listens on 127.0.0.1 unless ``http.host``
+        says otherwise.
+        """
+        if self.http.host is not None:
+            return self.http.host, None
+        if self.mesh_key is None or self.http.token is not None or _is_loopback(self.host):
+            return self.host, None
+        return "127.0.0.1", (
+            "the HTTP API listens on 127.0.0.1 only: this node has a mesh key and its "
+            "HTTP API no token; give --http-token-file to open it to the network, "
+            "or --http-host to choose its address"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 DEFAULT_GATEWAY_PORT = 8000

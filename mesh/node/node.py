@@ -45,13 +45,13 @@ from mesh.core.wire.requests import InferRequest
 from mesh.errors import MeshError
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
-from mesh.listening import Port, bind_ports, write_ready_file
+from mesh.listening import write_ready_file
 from mesh.mdns import MdnsDiscovery, check_own_addresses
 from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.escalation import JointInference, manifest_rules, rules_by_model
-from mesh.node.http_face import NodeHttpFace
+from mesh.node.http_face import NodeHttpFace, claim_ports
 from mesh.node.membership import MeshMembership, SelfInfo
 from mesh.node.model_store import ModelStore
 from mesh.node.routing import Fallback
@@ -199,10 +199,7 @@ class Node:
             and interfaces != mdns_interfaces(config.host, None)
         ):
             check_own_addresses(interfaces)
-        ports = [Port(config.port, "--port")]
-        if config.http.port is not None:
-            ports.append(Port(config.http.port, "--http-port"))
-        self._listeners = bind_ports(config.host, ports)
+        self._listeners = claim_ports(config)
         self._name_by_port()
 
     def _name_by_port(self) -> None:
@@ -293,7 +290,7 @@ class Node:
             if config.http.port is not None:
                 self._http = HttpServer(
                     NodeHttpFace(self),
-                    host=config.host,
+                    host=config.http_bind()[0],
                     config=config.http,
                     sock=self._listeners[1],
                 )
