@@ -51,6 +51,20 @@ def add_client_commands(commands: Any) -> None:
         "in time, and gives up with DeadlineExceeded once it passes (default: none; the node's "
         "--default-deadline-ms judges gateway hand-overs)",
     )
+    infer.add_argument(
+        "--no-escalate",
+        dest="escalate",
+        action="store_const",
+        const=False,
+        help="for a model with an escalation rule: keep the edge model's answer",
+    )
+    infer.add_argument(
+        "--escalate-threshold",
+        type=float,
+        metavar="P",
+        help="for a model with an escalation rule: escalate the rows whose top probability "
+        "is below P instead of the rule's threshold (0: none; above 1: all)",
+    )
     infer.add_argument("--json", action="store_true", help="print the outputs as JSON")
     infer.set_defaults(command="infer", handler=_cmd_infer)
 
@@ -327,7 +341,13 @@ def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             if _needs_signature(args.input) and not any(m.name == args.model for m in models):
                 models = await _models_elsewhere(client, args, environ)
             inputs = load_inputs(args.input, models, args.model)
-            return await client.infer(args.model, inputs, deadline=args.deadline)
+            return await client.infer(
+                args.model,
+                inputs,
+                deadline=args.deadline,
+                escalate=args.escalate,
+                escalate_threshold=args.escalate_threshold,
+            )
 
     outputs = asyncio.run(run())
     if args.json:
@@ -336,6 +356,7 @@ def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 {
                     "outputs": {name: array.tolist() for name, array in outputs.items()},
                     "ran_on": outputs.ran_on,
+                    **({} if outputs.escalation is None else {"escalation": outputs.escalation}),
                 }
             )
         )
@@ -344,7 +365,21 @@ def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(f"{name}: {array.dtype} {list(array.shape)}")
         print(np.array2string(array, threshold=200, precision=4, suppress_small=True))
     print(f"ran on: {outputs.ran_on}")
+    if outputs.escalation is not None:
+        print(f"escalation: {_escalation_line(outputs.escalation)}")
     return 0
+
+
+def _escalation_line(fields: Mapping[str, Any]) -> str:
+    """What joint inference did, in one line."""
+    if fields.get("escalated"):
+        return (
+            f"{fields.get('escalated_rows')} of {fields.get('batch_rows')} rows answered by "
+            f"{fields.get('escalated_to')} on {fields.get('escalation_ran_on')}"
+        )
+    error = fields.get("escalation_error")
+    reason = f"{fields.get('escalation_reason')}" + (f": {error}" if error else "")
+    return f"none ({reason})"
 
 
 def _needs_signature(specs: Sequence[str]) -> bool:

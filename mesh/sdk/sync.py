@@ -144,11 +144,19 @@ class Client:
         deadline: float | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        escalate: bool | None = None,
+        escalate_threshold: float | None = None,
     ) -> Inference:
         """See :meth:`MeshClient.infer`."""
         return self._run(
             self._client.infer(
-                model, inputs, deadline=deadline, request_id=request_id, timeout=timeout
+                model,
+                inputs,
+                deadline=deadline,
+                request_id=request_id,
+                timeout=timeout,
+                escalate=escalate,
+                escalate_threshold=escalate_threshold,
             )
         )
 
