@@ -252,6 +252,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         ["gateway", _gateway_text(status.get("gateway"))],
         *_queue_rows(status.get("scheduler") or {}),
         *[[f"counters.{k}", v] for k, v in counters.items()],
+        *_escalation_rows(status.get("escalation") or {}),
     ]
     parts = [format_table(["field", "value"], rows), ""]
     peers = status.get("peers", [])
@@ -281,6 +282,27 @@ def status_text(status: Mapping[str, Any]) -> str:
     )
     parts.append("stolen out: our requests this peer took to run; stolen in: its requests we took")
     return "\n".join(parts)
+
+
+def _escalation_rows(escalation: Mapping[str, Any]) -> list[list[object]]:
+    """Joint inference's rules and counters; none when no model has a rule."""
+    rules = escalation.get("rules") or {}
+    if not rules:
+        return []
+    said = [f"{model} -> {r.get('to')} below {r.get('threshold')}" for model, r in rules.items()]
+    failed = escalation.get("failed_by_reason") or {}
+    return [
+        ["escalation.rules", "; ".join(said)],
+        *[
+            [f"escalation.{k}", v]
+            for k, v in escalation.items()
+            if k not in ("rules", "failed_by_reason")
+        ],
+        [
+            "escalation.failed_by_reason",
+            ", ".join(f"{k} {v}" for k, v in failed.items() if v) or "none",
+        ],
+    ]
 
 
 def _mesh_text(status: Mapping[str, Any]) -> str:

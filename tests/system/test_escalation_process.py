@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from tests.helpers import KEY
 pytestmark = pytest.mark.system
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
-EDGEMESH = str(Path(sys.executable).parent / "edgemesh")
+# `python -m mesh` runs the checkout the tests run from.
+EDGEMESH = [sys.executable, "-m", "mesh"]
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def edge(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [EDGEMESH, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
+        [*EDGEMESH, *args], capture_output=True, text=True, timeout=60, env=dict(os.environ)
     )
 
 
@@ -71,6 +73,10 @@ def test_cli_infer_says_what_escalated(
         "digits-small": {"to": "digits-large", "threshold": 0.8, "output": "probabilities"}
     }
     assert (escalation["escalated"], escalation["opted_out"]) == (1, 1)
+    text = run_cli("status", *node)
+    assert text.returncode == 0, text.stderr
+    assert "digits-small -> digits-large below 0.8" in text.stdout
+    assert re.search(r"escalation\.escalated\s+1\b", text.stdout), text.stdout
 
 
 def test_the_sync_sdk_reaches_the_edge_and_cloud_accuracy(
