@@ -223,6 +223,16 @@ def loopback_problems(block: Block) -> list[str]:
     return problems
 
 
+_FILE_FLAGS = (
+    "mesh_key_file",
+    "http_token_file",
+    "tls_cert",
+    "tls_key",
+    "gateway_token_file",
+    "gateway_ca_file",
+)
+
+
 def _mdns_on_loopback(args: object) -> bool:
     """Whether the node these flags make keeps mDNS to 127.0.0.1 (or off), as
     the real config loader resolves them (no config file, no environment)."""
@@ -230,7 +240,10 @@ def _mdns_on_loopback(args: object) -> bool:
     from mesh.config import load_node_config
 
     flags = flags_of(args)  # type: ignore[arg-type]
-    flags.pop("mesh_key_file", None)  # the key is no part of where mDNS goes
+    # Files the flags name are no part of where mDNS goes, and an earlier
+    # block of the same file may only make them when it runs.
+    for key in _FILE_FLAGS:
+        flags.pop(key, None)
     config = load_node_config(flags, {})
     interfaces = config.mesh.interfaces
     return not config.mesh.mdns or interfaces == (_LOOPBACK,)
