@@ -164,6 +164,7 @@ class JointInference:
             inputs=select_rows(request.inputs, decision.rows),
             request_id=_second_id(request.request_id),
             deadline_ms=budget_s * 1000,
+            version=rule.version,
         )
         started = time.monotonic()
         try:
@@ -218,7 +219,12 @@ class JointInference:
         """The rules and counters for ``status()`` (flat, ready to export as metrics)."""
         return {
             "rules": {
-                name: {"to": r.to, "threshold": r.threshold, "output": r.output}
+                name: {
+                    "to": r.to,
+                    "threshold": r.threshold,
+                    "output": r.output,
+                    **({} if r.version is None else {"version": r.version}),
+                }
                 for name, r in sorted(self._rules.items())
             },
             **{name: self.counters.get(name, 0) for name in COUNTERS},

@@ -126,6 +126,8 @@ def test_a_target_whose_rule_output_cannot_replace_the_rows_is_refused(
 def test_a_rule_is_parsed_with_a_default_output() -> None:
     rule = parse_rule("small", {"to": "large", "threshold": 0.9}, "here")
     assert rule == EscalationRule("small", "large", 0.9, "probabilities")
+    pinned = parse_rule("small", {"to": "large", "threshold": 0.9, "version": "2"}, "here")
+    assert pinned.version == "2"
     assert parse_rule_text("small=large@0.7:scores", "--escalate") == EscalationRule(
         "small", "large", 0.7, "scores"
     )
@@ -145,6 +147,8 @@ def test_a_rule_is_parsed_with_a_default_output() -> None:
         ({"to": "small", "threshold": 0.9}, "cannot escalate to itself"),
         ({"to": "bad name!", "threshold": 0.9}, "invalid model name"),
         ({"to": "large", "threshold": 0.9, "output": ""}, "key 'output'"),
+        ({"to": "large", "threshold": 0.9, "version": 2}, "key 'version'.*is not a version"),
+        ({"to": "large", "threshold": 0.9, "version": "../1"}, "is not a version"),
     ],
 )
 def test_a_bad_rule_is_a_config_error_saying_what_is_wrong(table: object, message: str) -> None:

@@ -272,6 +272,32 @@ async def test_the_target_may_be_a_peer(
     expect_rows(reference, tuple(range(10)), reply["outputs"], 10)
 
 
+@pytest.mark.parametrize(("version", "escalated"), [("1", True), ("9", False)])
+async def test_a_rule_may_pin_the_targets_version(
+    digits: np.ndarray[Any, Any], version: str, escalated: bool
+) -> None:
+    # No gateway: n1 holds digits-large version 1 and nothing else.
+    rule = dataclasses.replace(RULE, version=version)
+    first = mesh_node_config("n0", None, models=("digits-small",))
+    async with running_node(dataclasses.replace(first, escalation=(rule,))) as n0:
+        second = mesh_node_config("n1", n0.port, models=("digits-large",))
+        async with running_node(second) as n1:
+            async with asyncio.timeout(10):
+                # Polling gossip's effect: there is no event to wait on.
+                while not n0.work.scheduler.holders("digits-large"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            reply = await infer(n0, digits[:4], escalate_threshold=1.01)
+            rules = n0.status()["escalation"]["rules"]
+    fields = reply["escalation"]
+    assert rules["digits-small"]["version"] == version
+    assert fields["escalated"] is escalated
+    if escalated:
+        assert fields["escalation_ran_on"] == n1.config.name
+    else:
+        assert fields["escalation_reason"] == "no_target"
+        assert "version" in fields["escalation_error"]
+
+
 async def test_http_answers_carry_the_fields_and_take_the_parameters(
     gateway: Gateway, digits: np.ndarray[Any, Any]
 ) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mesh.core.models.signatures import TensorSpec, check_model_name
+from mesh.core.models.versions import check_version
 from mesh.errors import BadRequest, ConfigError
 
 __all__ = [
@@ -59,7 +60,7 @@ REASONS = (
     "mismatch",  # the target's outputs cannot replace the edge's rows
 )
 
-_RULE_KEYS = frozenset({"to", "threshold", "output"})
+_RULE_KEYS = frozenset({"to", "threshold", "output", "version"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +69,15 @@ class EscalationRule:
 
     A row is unsure when its largest value in output ``output`` is below
     ``threshold``. A threshold of 0 escalates nothing; one above 1 escalates
-    every row.
+    every row. ``version`` pins the target's version (its label); None sends
+    the unsure rows to the newest version the routing finds, as any request.
     """
 
     model: str
     to: str
     threshold: float
     output: str = DEFAULT_OUTPUT
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ def _threshold(value: object, where: str, key: str = "threshold") -> float:
 
 
 def parse_rule(model: str, table: object, where: str) -> EscalationRule:
-    """An :class:`EscalationRule` from a table ``{to, threshold[, output]}``.
+    """An :class:`EscalationRule` from a table ``{to, threshold[, output][, version]}``.
 
     ConfigError names ``where`` and what was expected.
     """
@@ -134,7 +137,7 @@ def parse_rule(model: str, table: object, where: str) -> EscalationRule:
     unknown = sorted(set(map(str, table)) - _RULE_KEYS)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown key(s) {unknown}; allowed: 'to', 'threshold', 'output'"
+            f"{where}: unknown key(s) {unknown}; allowed: 'to', 'threshold', 'output', 'version'"
         )
     for key in ("to", "threshold"):
         if key not in table:
@@ -145,8 +148,13 @@ def parse_rule(model: str, table: object, where: str) -> EscalationRule:
     output = table.get("output", DEFAULT_OUTPUT)
     if not isinstance(output, str) or not output:
         raise ConfigError(f"{where}: key 'output' must be an output's name, got {output!r}")
+    version = table.get("version")
     return EscalationRule(
-        model=model, to=to, threshold=_threshold(table["threshold"], where), output=output
+        model=model,
+        to=to,
+        threshold=_threshold(table["threshold"], where),
+        output=output,
+        version=None if version is None else check_version(version, f"{where}: key 'version'"),
     )
 
 
