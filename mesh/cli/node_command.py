@@ -51,6 +51,20 @@ def add_node_command(commands: Any) -> None:
         "without a key the node is open to anyone who can reach it",
     )
     node.add_argument(
+        "--client-key-file",
+        metavar="FILE",
+        help="file holding a second key for clients only: its holders may infer, list "
+        "models and read status, never join the mesh (needs --mesh-key-file)",
+    )
+    node.add_argument(
+        "--no-seal",
+        dest="seal",
+        action="store_const",
+        const=False,
+        help="keep mesh links authenticated but not encrypted (default: with a key, every "
+        "frame after the handshake is sealed with AES-256-GCM or ChaCha20-Poly1305)",
+    )
+    node.add_argument(
         "--peer",
         action="append",
         metavar="HOST:PORT",

@@ -182,6 +182,8 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "models": _string_list,
     "model": _string_list,
     "mesh_key_file": _text,
+    "client_key_file": _text,
+    "seal": _flag,
     "intra_op_threads": _positive_int,
     "per_model_concurrency": _positive_int,
     "executor_threads": _positive_int,
@@ -330,6 +332,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         max_in_flight_per_connection=settings.get(
             "max_in_flight_per_connection", defaults_rpc.max_in_flight_per_connection
         ),
+        seal=settings.get("seal", defaults_rpc.seal),
     )
     defaults = NodeConfig()
     host = settings.get("host", defaults.host)
@@ -365,13 +368,15 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
     elif "gateway_token_file" in settings or "gateway_ca_file" in settings:
         raise ConfigError("gateway_token_file and gateway_ca_file need a gateway URL (--gateway)")
     port = settings.get("port", defaults.port)
+    mesh_key = mesh_key_from(key_file=settings.get("mesh_key_file"), environ=environ)
     name = settings.get("name")
     return NodeConfig(
         name=_default_node_name(port) if name is None else name,
         name_from_host=name is None,
         host=host,
         port=port,
-        mesh_key=mesh_key_from(key_file=settings.get("mesh_key_file"), environ=environ),
+        mesh_key=mesh_key,
+        client_key=_client_key(settings, mesh_key),
         runtime=runtime,
         rpc=rpc,
         mesh=mesh,
@@ -395,6 +400,22 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         log_format=settings.get("log_format", defaults.log_format),
         drain_timeout_s=settings.get("drain_timeout", defaults.drain_timeout_s),
     )
+
+
+def _client_key(settings: Mapping[str, Any], mesh_key: bytes | None) -> bytes | None:
+    """The key for clients only (--client-key-file); it needs a mesh key beside it."""
+    path = settings.get("client_key_file")
+    if path is None:
+        return None
+    if mesh_key is None:
+        raise ConfigError(
+            "client_key_file needs a mesh key (--mesh-key-file): an open node has no "
+            "members to keep clients apart from"
+        )
+    key = read_mesh_key(Path(path).expanduser())
+    if key == mesh_key:
+        raise ConfigError("client_key_file holds the mesh key itself; give clients their own key")
+    return key
 
 
 def _default_node_name(port: int) -> str:

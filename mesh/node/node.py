@@ -230,6 +230,7 @@ class Node:
             methods=NodeRpcFace(self).methods(),
             key=config.mesh_key,
             hello_info=self._hello_info,
+            client_key=config.client_key,
         )
         port = await self._server.start(self._listeners[0])
         async with contextlib.AsyncExitStack() as stack:

@@ -196,11 +196,14 @@ class RpcConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_received = self._loop.time()
         try:
-            if self._opener is not None:
-                for plaintext in self._opener.receive_data(data):
+            opener = self._opener
+            if opener is not None:
+                for plaintext in opener.receive_data(data):
                     if self._closing:
                         break
                     self._feed(plaintext)
+                if opener.broken is not None:
+                    raise opener.broken
             else:
                 self._feed(data)
                 if self._switch is not None:

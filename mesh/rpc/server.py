@@ -58,12 +58,15 @@ class RpcServer:
         methods: Methods,
         key: bytes | None,
         hello_info: Callable[[], dict[str, Any]],
+        client_key: bytes | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._config = config
         self._methods = methods
         self._key = key
+        # A second key whose holders are clients only (--client-key-file).
+        self._client_key = client_key
         self._hello_info = hello_info
         self._tasks: asyncio.TaskGroup | None = None
         self._connections: set[RpcConnection] = set()
@@ -179,7 +182,10 @@ class RpcServer:
             config=self._config,
             methods=self._methods,
             handshake=auth.ServerHandshake(
-                key=self._key, server_nonce=secrets.token_bytes(auth.NONCE_BYTES)
+                key=self._key,
+                server_nonce=secrets.token_bytes(auth.NONCE_BYTES),
+                client_key=self._client_key,
+                seal=self._config.seal,
             ),
             hello_info=self._hello_info,
         )

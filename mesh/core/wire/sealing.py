@@ -99,7 +99,7 @@ class Opener:
     limit); a header that announces more is refused before it is buffered.
     """
 
-    __slots__ = ("_aead", "_buffered", "_chunks", "_max_body", "_need", "_seq")
+    __slots__ = ("_aead", "_broken", "_buffered", "_chunks", "_max_body", "_need", "_seq")
 
     def __init__(self, suite: str, key: bytes, *, max_plaintext: int) -> None:
         self._aead = _aead(suite, key)
@@ -111,6 +111,12 @@ class Opener:
         self._buffered = 0
         # Bytes needed before anything can be done: a header, or a whole frame.
         self._need = HEADER_BYTES
+        self._broken: ProtocolError | None = None
+
+    @property
+    def broken(self) -> ProtocolError | None:
+        """Why the stream cannot be trusted any more, once a frame failed."""
+        return self._broken
 
     @property
     def buffered(self) -> int:
@@ -120,9 +126,14 @@ class Opener:
     def receive_data(self, data: bytes) -> list[bytes]:
         """Feed bytes from the peer; the plaintexts of every frame they complete.
 
-        Raises :class:`~mesh.errors.ProtocolError` (MessageTooLarge for a
-        frame over the limit) when the stream cannot be trusted any more.
+        A frame that fails (changed, replayed, reordered, dropped, or over
+        the limit: MessageTooLarge) ends the stream: the frames before it are
+        still returned, :attr:`broken` says why, and this call raises
+        :class:`~mesh.errors.ProtocolError` at once when none came before it,
+        as does every later call.
         """
+        if self._broken is not None:
+            raise self._broken
         self._buffered += len(data)
         if self._buffered < self._need:
             if data:
@@ -149,6 +160,12 @@ class Opener:
                 offset = stop
             else:
                 self._need = HEADER_BYTES
+        except ProtocolError as exc:
+            self._broken = exc
+            self._chunks.clear()
+            if not plaintexts:
+                raise
+            return plaintexts
         finally:
             view.release()
         if offset < end:
