@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mesh.cli.escalation_text import escalation_line, escalation_rows
 from mesh.config import DEFAULT_RPC_PORT, mesh_key_from
 from mesh.errors import ConfigError, InvalidInput, ModelNotFound
 from mesh.sdk.client import Inference, MeshClient, MeshModels, ModelInfo
@@ -252,7 +253,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         ["gateway", _gateway_text(status.get("gateway"))],
         *_queue_rows(status.get("scheduler") or {}),
         *[[f"counters.{k}", v] for k, v in counters.items()],
-        *_escalation_rows(status.get("escalation") or {}),
+        *escalation_rows(status.get("escalation") or {}),
     ]
     parts = [format_table(["field", "value"], rows), ""]
     peers = status.get("peers", [])
@@ -282,27 +283,6 @@ def status_text(status: Mapping[str, Any]) -> str:
     )
     parts.append("stolen out: our requests this peer took to run; stolen in: its requests we took")
     return "\n".join(parts)
-
-
-def _escalation_rows(escalation: Mapping[str, Any]) -> list[list[object]]:
-    """Joint inference's rules and counters; none when no model has a rule."""
-    rules = escalation.get("rules") or {}
-    if not rules:
-        return []
-    said = [f"{model} -> {r.get('to')} below {r.get('threshold')}" for model, r in rules.items()]
-    failed = escalation.get("failed_by_reason") or {}
-    return [
-        ["escalation.rules", "; ".join(said)],
-        *[
-            [f"escalation.{k}", v]
-            for k, v in escalation.items()
-            if k not in ("rules", "failed_by_reason")
-        ],
-        [
-            "escalation.failed_by_reason",
-            ", ".join(f"{k} {v}" for k, v in failed.items() if v) or "none",
-        ],
-    ]
 
 
 def _mesh_text(status: Mapping[str, Any]) -> str:
@@ -388,20 +368,8 @@ def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(np.array2string(array, threshold=200, precision=4, suppress_small=True))
     print(f"ran on: {outputs.ran_on}")
     if outputs.escalation is not None:
-        print(f"escalation: {_escalation_line(outputs.escalation)}")
+        print(f"escalation: {escalation_line(outputs.escalation)}")
     return 0
-
-
-def _escalation_line(fields: Mapping[str, Any]) -> str:
-    """What joint inference did, in one line."""
-    if fields.get("escalated"):
-        return (
-            f"{fields.get('escalated_rows')} of {fields.get('batch_rows')} rows answered by "
-            f"{fields.get('escalated_to')} on {fields.get('escalation_ran_on')}"
-        )
-    error = fields.get("escalation_error")
-    reason = f"{fields.get('escalation_reason')}" + (f": {error}" if error else "")
-    return f"none ({reason})"
 
 
 def _needs_signature(specs: Sequence[str]) -> bool:

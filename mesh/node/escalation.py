@@ -39,6 +39,7 @@ from mesh.core.policy.escalation import (
     Decision,
     EscalationRule,
     check_edge_outputs,
+    check_target_outputs,
     decide,
     merge_rows,
     select_rows,
@@ -92,10 +93,11 @@ def rules_by_model(
 ) -> dict[str, EscalationRule]:
     """The rules in force: the manifests', each replaced by the config's for its model.
 
-    A rule for a model served here is checked against its outputs now
-    (ConfigError: the node does not start with a rule that cannot work); a
-    rule for a model held elsewhere applies when this node is the entry of
-    a request for it.
+    A rule for a model served here is checked against its outputs now, and
+    against its target's when that is served here too (ConfigError: the
+    node does not start with a rule that cannot work); a rule for a model
+    held elsewhere applies when this node is the entry of a request for it,
+    and a target elsewhere is checked on each answer (``mismatch``).
     """
     rules = {rule.model: rule for rule in manifest_rules}
     rules.update({rule.model: rule for rule in config_rules})
@@ -104,6 +106,9 @@ def rules_by_model(
         spec = served.get(rule.model)
         if spec is not None:
             check_edge_outputs(rule, spec.outputs)
+            target = served.get(rule.to)
+            if target is not None:
+                check_target_outputs(rule, spec.outputs, target.outputs)
     return rules
 
 

@@ -14,6 +14,7 @@ from mesh.core.policy.escalation import (
     EscalationRule,
     Override,
     check_edge_outputs,
+    check_target_outputs,
     decide,
     merge_rows,
     parse_override,
@@ -181,6 +182,18 @@ def test_the_edge_output_must_be_a_probability_matrix() -> None:
         check_edge_outputs(RULE, (label,))
     with pytest.raises(ConfigError, match="float matrix"):
         check_edge_outputs(EscalationRule("small", "large", 0.8, "label"), (label,))
+
+
+def test_a_target_held_here_must_have_the_rules_output_alike() -> None:
+    edge = (TensorSpec("probabilities", np.dtype(np.float32), (None, 10)),)
+    check_target_outputs(RULE, edge, edge)
+    for target, got in (
+        ((), "none"),
+        ((TensorSpec("probabilities", np.dtype(np.float32), (None, 3)),), r"float32\[-1, 3\]"),
+        ((TensorSpec("probabilities", np.dtype(np.float64), (None, 10)),), "float64"),
+    ):
+        with pytest.raises(ConfigError, match=rf"'large' cannot replace.*target's is {got}"):
+            check_target_outputs(RULE, edge, target)
 
 
 def test_a_manifest_declares_a_rule() -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "EscalationRule",
     "Override",
     "check_edge_outputs",
+    "check_target_outputs",
     "decide",
     "merge_rows",
     "mergeable_outputs",
@@ -215,9 +216,29 @@ def check_edge_outputs(rule: EscalationRule, outputs: Sequence[TensorSpec]) -> N
         )
     if spec.dtype.kind != "f" or len(spec.shape) != 2:
         raise ConfigError(
-            f"{where}: output '{rule.output}' is {spec.dtype.name}{list(spec.shape)}; a rule"
+            f"{where}: output '{rule.output}' is {_spec_text(spec)}; a rule"
             " needs a float matrix [batch, classes] of class probabilities"
         )
+
+
+def check_target_outputs(
+    rule: EscalationRule, edge: Sequence[TensorSpec], target: Sequence[TensorSpec]
+) -> None:
+    """ConfigError unless the target has the rule's output as the edge has it (dtype, classes)."""
+    mine = {t.name: t for t in edge}[rule.output]
+    theirs = {t.name: t for t in target}.get(rule.output)
+    if theirs is None or theirs.dtype != mine.dtype or theirs.shape[1:] != mine.shape[1:]:
+        got = "none" if theirs is None else _spec_text(theirs)
+        raise ConfigError(
+            f"escalation rule of '{rule.model}': '{rule.to}' cannot replace its rows: the"
+            f" edge's output '{rule.output}' is {_spec_text(mine)}, the"
+            f" target's is {got}"
+        )
+
+
+def _spec_text(spec: TensorSpec) -> str:
+    """``float32[-1, 10]``: a tensor's dtype and shape as the manifest writes them."""
+    return f"{spec.dtype.name}{[-1 if d is None else d for d in spec.shape]}"
 
 
 def mergeable_outputs(
