@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mesh.cli.limit_flags import add_node_limit_flags
 from mesh.cli.serving import (
     Server,
     add_drain_flag,
@@ -218,7 +217,6 @@ def add_node_command(commands: Any) -> None:
         "(http_port: null without --http-port)",
     )
     add_drain_flag(node)
-    add_node_limit_flags(node)
     add_log_flags(node)
     node.set_defaults(command="node", handler=_cmd_node)
 
