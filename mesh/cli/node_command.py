@@ -126,6 +126,14 @@ def add_node_command(commands: Any) -> None:
         help="do not share work: run only what enters this node, and give none away",
     )
     node.add_argument(
+        "--fetch-models",
+        action="store_const",
+        const=True,
+        help="asked for a model it lacks that a live peer serves, fetch a verified copy "
+        "from that peer in the background and serve it too (the request is routed "
+        "to the peer meanwhile); default: off",
+    )
+    node.add_argument(
         "--http-port",
         metavar="PORT",
         help="also serve the Open Inference Protocol (KServe V2 REST) on this port "

@@ -200,6 +200,7 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "forget_after": _positive_float,
     "slots": _positive_int,
     "steal": _flag,
+    "fetch_models": _flag,
     "emulate_speed": _positive_number,
     "emulate_service_ms": _non_negative_number,
     "http_port": _port,
@@ -399,6 +400,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
         log_level=settings.get("log_level", defaults.log_level),
         log_format=settings.get("log_format", defaults.log_format),
         drain_timeout_s=settings.get("drain_timeout", defaults.drain_timeout_s),
+        fetch_models=settings.get("fetch_models", defaults.fetch_models),
     )
 
 

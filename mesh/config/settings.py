@@ -239,6 +239,9 @@ class NodeConfig:
     # On SIGTERM/SIGINT or `edgemesh drain`: how long the node may take to
     # finish, hand off and answer what it holds before it exits anyway.
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+    # Asked for a model it lacks and a live peer serves, the node pulls a
+    # copy in the background (the request itself is routed as always).
+    fetch_models: bool = False
 
     def http_bind(self) -> tuple[str, str | None]:
         """Where the HTTP API listens, and, when that is loopback on our own

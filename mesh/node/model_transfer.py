@@ -3,118 +3,84 @@ from a peer, taking one pushed by a client.
 
 The wire and every check live in :mod:`mesh.core.wire.model_transfer`; this
 module does the I/O. A pull asks the peers that gossip the model (best first,
-:func:`~mesh.core.wire.model_transfer.choose_sources`) over the mesh links the
+:func:`~mesh.core.policy.model_sources.choose_sources`) over the mesh links the
 node already keeps, with a bounded window of chunk requests in flight, writes
 the chunks in file order to a hidden temporary file beside the node's models,
 and hands the file to the model store only once its size and sha256 are the
 ones promised. A copy that fails (a peer gone, a short chunk, a wrong hash) is
 thrown away and the next holder is asked; when none delivers, the caller gets
-:class:`~mesh.errors.ModelTransferFailed` with every holder's reason. A push
-from a client goes through the same :class:`~mesh.core.wire.model_transfer.Assembly`.
+:class:`~mesh.errors.ModelTransferFailed` with every holder's reason. Pushes
+from a client are :mod:`mesh.node.model_uploads`'.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
 from mesh.core.models.signatures import ModelSpec
+from mesh.core.policy.model_sources import Offer, choose_sources
 from mesh.core.wire.model_transfer import (
     CHUNK,
-    DEFAULT_WINDOW,
     DESCRIBE,
     MAX_CHUNK_BYTES,
+    PULL,
+    PUSH_BEGIN,
+    PUSH_CHUNK,
+    PUSH_END,
     Assembly,
     ChunkAsk,
     ModelFileInfo,
     ModelRef,
-    Offer,
     PullReport,
-    PushBegin,
-    choose_sources,
     chunk_span,
     parse_chunk,
     parse_describe,
     parse_pull,
-    parse_push_begin,
-    parse_push_chunk,
-    parse_push_end,
 )
 from mesh.errors import (
-    BadRequest,
+    Forbidden,
     MeshError,
     ModelError,
     ModelNotFound,
     ModelTransferFailed,
-    Overloaded,
     ProtocolError,
 )
+from mesh.node.membership import MeshMembership
+from mesh.node.model_uploads import ModelFiles, TransferConfig, Uploads, open_part
 from mesh.rpc import RpcConnection
 
-__all__ = ["ModelFiles", "ModelTransfer", "TransferConfig"]
+if TYPE_CHECKING:  # the node imports this module; only types flow back
+    from mesh.node.node import Node
+
+__all__ = [
+    "TRANSFER_PEER_METHODS",
+    "ModelFiles",
+    "ModelTransfer",
+    "TransferConfig",
+    "node_transfer",
+    "offers_in",
+    "transfer_methods",
+]
 
 log = logging.getLogger(__name__)
 
-# A temporary file's name: hidden and not *.onnx, so no model scan or watcher
-# ever takes a half-written copy for a model.
-_PART_SUFFIX = ".part"
+# Only a mesh node (role "node", mesh key) reads model files; the methods that
+# change what a node serves need the mesh key too, in either role (see below).
+TRANSFER_PEER_METHODS = frozenset({DESCRIBE, CHUNK})
 
 
-class ModelFiles(Protocol):
-    """What transfer needs of the node's model store."""
+class _InstallFailed(Exception):
+    """A verified copy the store would not serve: said as it is, not retried elsewhere."""
 
-    def holding(self) -> list[ModelSpec]:
-        """Every version served here."""
-        ...
-
-    def file_of(self, sha256: str) -> Path | None:
-        """The file of a version served here, by its sha256."""
-        ...
-
-    async def install(
-        self, path: Path, *, name: str, version: str | None, sha256: str
-    ) -> ModelSpec:
-        """Move a verified file in as a new version and serve it (ModelError if it cannot)."""
-        ...
-
-
-@dataclass(frozen=True)
-class TransferConfig:
-    """Limits of transfers, both ways."""
-
-    # Where temporary copies are written: beside the models, so that install
-    # is a rename on the same file system.
-    incoming_dir: Path
-    # Chunk requests a pull keeps in flight.
-    window: int = DEFAULT_WINDOW
-    # Largest chunk this node reads or asks for.
-    chunk_bytes: int = MAX_CHUNK_BYTES
-    # How long one chunk (or a description) may take before the holder is given up.
-    call_timeout_s: float = 30.0
-    # Pushes in progress at once; an upload idle this long is dropped.
-    max_uploads: int = 4
-    upload_idle_s: float = 120.0
-
-
-@dataclass(eq=False)
-class _Upload:
-    """A push in progress: its assembly, its temporary file, who sends it."""
-
-    begin: PushBegin
-    assembly: Assembly
-    path: Path
-    handle: IO[bytes]
-    connection: RpcConnection
-    touched: float
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    def __init__(self, error: MeshError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class ModelTransfer:
@@ -140,9 +106,9 @@ class ModelTransfer:
         # One pull per model reference at a time; later askers wait for it.
         self._pulls: dict[ModelRef, asyncio.Task[PullReport | MeshError]] = {}
         self._fetched: set[str] = set()
-        self._uploads: dict[str, _Upload] = {}
+        self.uploads = Uploads(files, config)
         self._tasks: asyncio.TaskGroup | None = None
-        self.counters = {"pulled": 0, "pull_failed": 0, "copies_rejected": 0, "pushed": 0}
+        self.counters = {"pulled": 0, "pull_failed": 0, "copies_rejected": 0}
 
     async def run(self) -> None:
         """Own the pulls started here until cancelled; then drop every unfinished copy."""
@@ -152,8 +118,7 @@ class ModelTransfer:
                 await asyncio.Event().wait()
         finally:
             self._tasks = None
-            for upload_id in list(self._uploads):
-                self._drop_upload(upload_id)
+            self.uploads.close()
 
     # --- serving: describe and chunks ------------------------------------------
 
@@ -215,8 +180,16 @@ class ModelTransfer:
             raise outcome
         return outcome
 
+    def asked_for(self, name: str) -> None:
+        """A request for ``name`` came in: with ``--fetch-models``, see to having it here."""
+        if not self._config.fetch or name in self._fetched:
+            return
+        # Only a model missing here: a newer version elsewhere is for `models pull`.
+        if not any(spec.name == name for spec in self._files.holding()):
+            self.fetch_in_background(name)
+
     def fetch_in_background(self, name: str) -> None:
-        """``--fetch-models``: start pulling ``name`` if a live peer has it, once per name."""
+        """Start pulling ``name`` if a live peer has it and it is not here, once per name."""
         if name in self._fetched or self._tasks is None or self._served(ModelRef(name)):
             return
         if choose_sources(ModelRef(name), self._offers()) is None:
@@ -266,7 +239,9 @@ class ModelTransfer:
         rejected: list[tuple[str, str]] = []
         for peer in sources.peers:
             try:
-                info, spec = await self._copy_from(peer, ref, sources.sha256)
+                info, spec, transfer_s = await self._copy_from(peer, ref, sources.sha256)
+            except _InstallFailed as failed:
+                raise failed.error from None
             except MeshError as exc:
                 self.counters["copies_rejected"] += 1
                 log.warning("model %s from %s refused: %s: %s", ref, peer, exc.code, exc.message)
@@ -283,7 +258,14 @@ class ModelTransfer:
                 seconds,
             )
             return PullReport(
-                spec.name, spec.version, spec.sha256, info.size, peer, seconds, tuple(rejected)
+                spec.name,
+                spec.version,
+                spec.sha256,
+                info.size,
+                peer,
+                seconds,
+                round(transfer_s, 3),
+                tuple(rejected),
             )
         reasons = "; ".join(f"{peer}: {reason}" for peer, reason in rejected)
         raise ModelTransferFailed(
@@ -293,7 +275,9 @@ class ModelTransfer:
 
     async def _copy_from(
         self, peer: str, ref: ModelRef, sha256: str
-    ) -> tuple[ModelFileInfo, ModelSpec]:
+    ) -> tuple[ModelFileInfo, ModelSpec, float]:
+        """One holder's copy, verified and installed; its description, the spec, the copy's time."""
+        started = time.monotonic()
         connection = self._link(peer)
         if connection is None:
             raise ModelTransferFailed(f"no open link to {peer}")
@@ -309,20 +293,25 @@ class ModelTransfer:
             chunk_bytes=min(their_chunk, self._config.chunk_bytes),
             window=self._config.window,
         )
-        path, handle = await asyncio.to_thread(self._open_part, info.name)
+        path, handle = await asyncio.to_thread(open_part, self._config.incoming_dir, info.name)
         try:
             try:
                 await self._fetch_chunks(connection, assembly, handle)
             finally:
                 await asyncio.to_thread(handle.close)
             assembly.verify()
-            spec = await self._files.install(
-                path, name=info.name, version=info.version or None, sha256=sha256
-            )
+            transfer_s = time.monotonic() - started
+            try:
+                spec = await self._files.install(
+                    path, name=info.name, version=info.version or None, sha256=sha256
+                )
+            except MeshError as exc:
+                # The copy was good: another holder's would fail alike.
+                raise _InstallFailed(exc) from exc
         finally:
             # install moved it on success; anything left is a refused copy.
             await asyncio.to_thread(path.unlink, missing_ok=True)
-        return info, spec
+        return info, spec, transfer_s
 
     async def _fetch_chunks(
         self, connection: RpcConnection, assembly: Assembly, handle: IO[bytes]
@@ -341,115 +330,87 @@ class ModelTransfer:
                 data = await task
                 if not isinstance(data, bytes):
                     raise ProtocolError(f"{CHUNK} answered {type(data).__name__}; expected bin")
-                ready = assembly.feed(ask.offset, data)
-                if ready:
-                    await asyncio.to_thread(handle.writelines, ready)
+                # Hashing and writing off the loop, while the next chunks arrive;
+                # only this coroutine touches the assembly, one step at a time.
+                await asyncio.to_thread(_feed_and_write, assembly, ask.offset, data, handle)
         finally:
             for _, task in in_flight:
                 task.cancel()
             # Awaited so that no call is left running behind a refused copy.
             await asyncio.gather(*(t for _, t in in_flight), return_exceptions=True)
 
-    def _open_part(self, name: str) -> tuple[Path, IO[bytes]]:
-        """A new hidden temporary file beside the models (OSError mapped to ModelError)."""
-        directory = self._config.incoming_dir
-        path = directory / f".{name}-{secrets.token_hex(6)}{_PART_SUFFIX}"
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            return path, path.open("xb")
-        except OSError as exc:
-            raise ModelError(f"cannot write a model into {directory}: {exc.strerror}") from None
-
-    # --- pushes from a client ------------------------------------------------------
-
-    async def push_begin(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
-        """``model_push_begin``: open an upload; the id for its chunks and end."""
-        begin = parse_push_begin(params)
-        self._expire_uploads()
-        if len(self._uploads) >= self._config.max_uploads:
-            raise Overloaded(
-                f"{len(self._uploads)} model uploads are already in progress here; "
-                "push again when one has finished"
-            )
-        info = ModelFileInfo(begin.name, begin.version or "", begin.sha256, begin.size)
-        assembly = Assembly(info, chunk_bytes=self._config.chunk_bytes, window=self._config.window)
-        path, handle = await asyncio.to_thread(self._open_part, begin.name)
-        upload_id = secrets.token_hex(8)
-        self._uploads[upload_id] = _Upload(
-            begin, assembly, path, handle, connection, touched=time.monotonic()
-        )
-        return {"upload": upload_id, "max_chunk_bytes": assembly.chunk_bytes}
-
-    async def push_chunk(self, connection: RpcConnection, params: list[Any]) -> None:
-        """``model_push_chunk``: one chunk of an upload (any order within the window)."""
-        chunk = parse_push_chunk(params)
-        upload = self._upload(chunk.upload, connection)
-        upload.touched = time.monotonic()
-        try:
-            ready = upload.assembly.feed(chunk.offset, chunk.data)
-        except MeshError:
-            self._drop_upload(chunk.upload)
-            raise
-        # In feed order: the lock hands itself over first come, first served.
-        async with upload.lock:
-            if ready:
-                await asyncio.to_thread(upload.handle.writelines, ready)
-
-    async def push_end(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
-        """``model_push_end``: verify the upload and serve it; the model as served."""
-        upload_id = parse_push_end(params)
-        upload = self._upload(upload_id, connection)
-        try:
-            async with upload.lock:
-                await asyncio.to_thread(upload.handle.close)
-            upload.assembly.verify()
-            begin = upload.begin
-            spec = await self._files.install(
-                upload.path, name=begin.name, version=begin.version, sha256=begin.sha256
-            )
-        finally:
-            self._drop_upload(upload_id)
-        self.counters["pushed"] += 1
-        log.info(
-            "model %s version %s (sha256 %s) pushed by %s",
-            spec.name,
-            spec.version,
-            spec.sha256[:12],
-            connection.peer,
-        )
-        return {**spec.to_wire(), "size": begin.size}
-
-    def _upload(self, upload_id: str, connection: RpcConnection) -> _Upload:
-        upload = self._uploads.get(upload_id)
-        if upload is None or upload.connection is not connection:
-            raise BadRequest(
-                f"no upload {upload_id} on this connection; start with model_push_begin"
-            )
-        return upload
-
-    def _expire_uploads(self) -> None:
-        now = time.monotonic()
-        for upload_id, upload in list(self._uploads.items()):
-            if upload.connection.closed or now - upload.touched > self._config.upload_idle_s:
-                log.info("dropping the unfinished upload of model %s", upload.begin.name)
-                self._drop_upload(upload_id)
-
-    def _drop_upload(self, upload_id: str) -> None:
-        upload = self._uploads.pop(upload_id, None)
-        if upload is None:
-            return
-        # Small and local: closing and unlinking a file here beats a thread hop.
-        with contextlib.suppress(OSError):
-            upload.handle.close()
-        upload.path.unlink(missing_ok=True)
-
     def status(self) -> dict[str, Any]:
         """Figures for ``status()``: pulls, refused copies, pushes, what is under way."""
         return {
             **self.counters,
             "pulling": sorted(str(ref) for ref in self._pulls),
-            "uploads": len(self._uploads),
+            "pushed": self.uploads.pushed,
+            "uploads": len(self.uploads),
         }
+
+
+def transfer_methods(node: Node) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The inline and the concurrent methods of model transfer, for the node's method table.
+
+    Each looks the node's transfer up when called: the table is built before it exists.
+    """
+    inline = {DESCRIBE: lambda c, p: node.transfer.describe(c, p)}
+    concurrent = {
+        CHUNK: lambda c, p: node.transfer.chunk(c, p),
+        PULL: lambda c, p: node.transfer.pull_method(_mesh_key(c, PULL), p),
+        PUSH_BEGIN: lambda c, p: node.transfer.uploads.begin(_mesh_key(c, PUSH_BEGIN), p),
+        PUSH_CHUNK: lambda c, p: node.transfer.uploads.chunk(_mesh_key(c, PUSH_CHUNK), p),
+        PUSH_END: lambda c, p: node.transfer.uploads.end(_mesh_key(c, PUSH_END), p),
+    }
+    return inline, concurrent
+
+
+def _mesh_key(connection: RpcConnection, method: str) -> RpcConnection:
+    """``connection``, unless its caller proved only a client key: Forbidden then.
+
+    What a node serves is the mesh's to change: `edgemesh models pull/push`
+    run with the mesh key (as a client or a node), as `drain` does.
+    """
+    if connection.by_client_key:
+        raise Forbidden(f"{method} needs the mesh key; a client key cannot change a node's models")
+    return connection
+
+
+def offers_in(membership: MeshMembership | None) -> list[Offer]:
+    """Every model version live peers say (in gossip) they serve."""
+    if membership is None:
+        return []
+    return [
+        Offer(member.name, held.name, held.version, held.sha256, member.load.queued_s)
+        for member in membership.view.alive()
+        for held in member.load.models
+    ]
+
+
+def node_transfer(node: Node, files: ModelFiles) -> ModelTransfer:
+    """The transfer side of ``node``, configured from its settings."""
+    config = node.config
+
+    def link(peer: str) -> RpcConnection | None:
+        membership = node.membership
+        return None if membership is None else membership.link(peer)
+
+    return ModelTransfer(
+        files,
+        TransferConfig(
+            incoming_dir=config.runtime.model_dirs[0],
+            # A chunk and its framing must fit in one message both ways.
+            chunk_bytes=max(1, min(MAX_CHUNK_BYTES, config.rpc.max_message_bytes // 2)),
+            call_timeout_s=config.rpc.call_timeout_s,
+            fetch=config.fetch_models,
+        ),
+        offers=lambda: offers_in(node.membership),
+        link=link,
+    )
+
+
+def _feed_and_write(assembly: Assembly, offset: int, data: bytes, handle: IO[bytes]) -> None:
+    handle.writelines(assembly.feed(offset, data))
 
 
 def _read_span(path: Path, ask: ChunkAsk, max_chunk: int) -> bytes:

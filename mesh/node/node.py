@@ -54,6 +54,7 @@ from mesh.node.escalation import JointInference, manifest_rules, rules_by_model
 from mesh.node.http_face import NodeHttpFace, claim_ports
 from mesh.node.membership import MeshMembership, SelfInfo
 from mesh.node.model_store import ModelStore
+from mesh.node.model_transfer import ModelTransfer, node_transfer
 from mesh.node.routing import Fallback
 from mesh.node.rpc_face import NodeRpcFace
 from mesh.node.work_sharing import WorkSharing
@@ -85,6 +86,7 @@ class Node:
         self._runtime = runtime
         self._owns_runtime = runtime is None
         self._store: ModelStore | None = None
+        self._transfer: ModelTransfer | None = None
         self._stop = asyncio.Event()
         self._drain = asyncio.Event()
         self._started = time.monotonic()
@@ -121,6 +123,13 @@ class Node:
         if self._store is None:
             raise RuntimeError("the node has not loaded its models yet")
         return self._store
+
+    @property
+    def transfer(self) -> ModelTransfer:
+        """Model transfer (pulls, pushes, chunk serving), once serving."""
+        if self._transfer is None:
+            raise RuntimeError("the node is not serving yet")
+        return self._transfer
 
     def reload(self) -> None:
         """Rescan the model directories soon (as SIGHUP does); safe from a signal handler."""
@@ -285,6 +294,8 @@ class Node:
             store = self.model_store
             store.attach(in_use=work.uses, on_change=work.models_changed)
             started.append(tasks.create_task(store.run()))
+            self._transfer = node_transfer(self, store)
+            started.append(tasks.create_task(self._transfer.run()))
             listening = asyncio.Event()
             started.append(tasks.create_task(self._server.serve(listening)))
             await listening.wait()
@@ -493,6 +504,7 @@ class Node:
             if self.config.work.emulation is None
             else self.config.work.emulation.to_status(),
             "steal_activity": {} if self._work is None else self._work.scheduler.peer_activity(),
+            "transfer": {} if self._transfer is None else self._transfer.status(),
         }
 
     # --- what both front ends (RPC and HTTP) serve -------------------------------
@@ -507,6 +519,8 @@ class Node:
             exc = refused(self.config.name)
             self._counters.refused(exc)
             raise exc
+        if self._transfer is not None:
+            self._transfer.asked_for(request.model)  # --fetch-models
         with self._counters.routing():
             return await self._joint.infer(request)
 

@@ -19,6 +19,7 @@ from mesh.core.wire.requests import parse_infer
 from mesh.core.wire.tensors import encode_tensors
 from mesh.errors import BadRequest, Forbidden, MeshError
 from mesh.node.membership import GOSSIP
+from mesh.node.model_transfer import TRANSFER_PEER_METHODS, transfer_methods
 from mesh.rpc import Methods, RpcConnection
 
 if TYPE_CHECKING:  # the node imports this module; only types flow back
@@ -40,14 +41,16 @@ class NodeRpcFace:
     def methods(self) -> Methods:
         """The node's method table: inline, concurrent and notifications."""
         node = self._node
+        transfer_inline, transfer_concurrent = transfer_methods(node)
         return Methods(
             inline={
                 "ping": self._ping,
                 "status": self._status,
                 "drain": self._drain,
                 STEAL: lambda c, p: node.work.on_steal(c, p),
+                **transfer_inline,
             },
-            concurrent={"infer": self._infer, "models": self._models},
+            concurrent={"infer": self._infer, "models": self._models, **transfer_concurrent},
             notifications={
                 GOSSIP: self._on_gossip,
                 RESULT: lambda c, p: node.work.on_result(c, p),
@@ -57,7 +60,7 @@ class NodeRpcFace:
                 GIVE_BACK: lambda c, p: node.work.on_giveback(c, p),
                 LEAVING: self._on_leaving,
             },
-            peer_only=PEER_METHODS,
+            peer_only=PEER_METHODS | TRANSFER_PEER_METHODS,
         )
 
     def _on_gossip(self, connection: RpcConnection, params: list[Any]) -> None:

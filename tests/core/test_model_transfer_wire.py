@@ -18,16 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesh.core.policy.model_sources import Offer, Sources, choose_sources
 from mesh.core.wire.model_transfer import (
     MAX_CHUNK_BYTES,
     Assembly,
     ChunkAsk,
     ModelFileInfo,
     ModelRef,
-    Offer,
     PushBegin,
-    Sources,
-    choose_sources,
     chunk_span,
     parse_chunk,
     parse_describe,
