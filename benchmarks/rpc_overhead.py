@@ -15,6 +15,10 @@ In one run, on this machine, over loopback only, it measures ``digits-small``
 * the same inference through a real ``edgemesh node`` process holding a mesh
   key (the authenticated path), via :class:`mesh.sdk.client.MeshClient`: one call
   in flight (latency), then many in flight on one connection (throughput);
+* the same inference on a second connection with sealing off
+  (``MeshClient(seal=False)``): what sealing the link (AES-256-GCM after the
+  handshake, issue 19) costs, as a ratio measured in the same rounds; and
+  the sealing code alone on big frames, in this process (MB/s);
 * ``ping`` through the node, one in flight and many in flight;
 * ``ping`` carrying a 600 KB parameter, which the node reads, parses and
   refuses with BadRequest: transport and framing of 600 KB, no inference;
@@ -61,6 +65,7 @@ from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
 from mesh.config import RpcConfig, RuntimeConfig, bundled_models_dir
+from mesh.core.wire import sealing
 from mesh.core.wire.framing import encode_request, encode_response
 from mesh.core.wire.tensors import encode_tensors
 from mesh.demo.processes import start_node_process, stop_process
@@ -91,8 +96,13 @@ TARGET_OVERHEAD_US = 60.0
 TARGET_PING_PER_S = 50_000.0
 TARGET_LARGE_MB_S = 1000.0  # 1 GB/s, decimal
 TARGET_GRPC_RATIO = 5.0
+# Issue 19: sealing costs at most this much on a 256 B infer, and seals big tensors this fast.
+TARGET_SEAL_COST = 0.10
+TARGET_SEAL_MB_S = 500.0
+SEAL_FRAME_BYTES = (600 * 1024, 16 * 1024 * 1024)
 
 NODE = "edgemesh node"
+NODE_PLAIN = "node, no seal"
 GRPC = "grpc.aio"
 ORT = "onnxruntime"
 TCP = "tcp sockets"
@@ -576,7 +586,70 @@ async def node_cases(
     )
     seq.append(one)
     pipe.append(many)
+    plain_seq, plain_pipe = await unsealed_cases(stack, port, key, inputs, expected, counts)
+    return seq + plain_seq, pipe + plain_pipe
+
+
+async def unsealed_cases(
+    stack: contextlib.AsyncExitStack,
+    port: int,
+    key: bytes,
+    inputs: Arrays,
+    expected: dict[str, Arrays],
+    counts: Counts,
+) -> tuple[list[Case], list[Case]]:
+    """The infer cases again, on a connection that does not seal (what sealing costs)."""
+    client = await stack.enter_async_context(
+        MeshClient(f"127.0.0.1:{port}", mesh_key=key, seal=False)
+    )
+    seq: list[Case] = []
+    pipe: list[Case] = []
+    for payload, x in inputs.items():
+        if payload not in ("256 B", LARGE):
+            continue
+        feeds = {"X": x}
+
+        def infer(feeds: Arrays = feeds) -> Awaitable[object]:
+            return client.infer(MODEL, feeds)
+
+        request, reply = infer_wire_bytes(x, expected[payload])
+        one, many = one_and_many(
+            NODE_PLAIN,
+            "infer",
+            payload,
+            infer,
+            Traffic(x.nbytes, request + reply, counts.warmup(payload)),
+            calls=(counts.seq(payload), counts.pipe(payload)),
+            depth=WINDOW_LARGE if payload == LARGE else WINDOW_SMALL,
+        )
+        seq.append(one)
+        pipe.append(many)
     return seq, pipe
+
+
+def sealing_mb_s(size: int, repeats: int = 5) -> tuple[float, float]:
+    """(seal, open) MB/s of the sealing code alone on ``size``-byte frames, in
+    this process: the median of ``repeats``. The open side is fed 256 KiB
+    chunks, as a socket hands them over."""
+    c2s, _ = sealing.derive_keys(secrets.token_bytes(32), b"c" * 32, b"s" * 32, b"")
+    sealer = sealing.Sealer("aes-256-gcm", c2s)
+    opener = sealing.Opener("aes-256-gcm", c2s, max_plaintext=size)
+    payload = secrets.token_bytes(size)
+    seal_s: list[float] = []
+    open_s: list[float] = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        header, body = sealer.seal(payload)
+        seal_s.append(time.perf_counter() - started)
+        frame = header + body
+        chunks = [frame[i : i + 256 * 1024] for i in range(0, len(frame), 256 * 1024)]
+        started = time.perf_counter()
+        for chunk in chunks:
+            opener.receive_data(chunk)
+        open_s.append(time.perf_counter() - started)
+    seal_s.sort()
+    open_s.sort()
+    return size / seal_s[repeats // 2] / 1e6, size / open_s[repeats // 2] / 1e6
 
 
 async def grpc_cases(
@@ -726,7 +799,7 @@ async def measure_all(
         print(f"measuring {len(pipelined)} many-in-flight cases ...")
         for case in pipelined:
             await measure_once(case)
-    order = {ORT: 0, NODE: 1, GRPC: 2, AIO: 3, TCP: 4}
+    order = {ORT: 0, NODE: 1, NODE_PLAIN: 2, GRPC: 3, AIO: 4, TCP: 5}
     cases = sorted(
         [*sequential, *pipelined],
         key=lambda c: (
@@ -765,6 +838,53 @@ class Verdict:
     measured: str
     goal: str
     verdict: str  # PASS, MISS, or "-" for a figure with no target
+
+
+def sealing_verdicts(
+    find: Callable[..., Row | None], check: Callable[[bool], str]
+) -> list[Verdict]:
+    """What sealing costs: sealed rows against the same calls unsealed, and the
+    sealing code's own speed on big frames."""
+    out: list[Verdict] = []
+    for payload, in_flight in (("256 B", 1), (LARGE, 1), (LARGE, WINDOW_LARGE)):
+        sealed, plain = (
+            find(NODE, "infer", payload, in_flight),
+            find(NODE_PLAIN, "infer", payload, in_flight),
+        )
+        if sealed is None or plain is None:
+            continue
+        if in_flight == 1:
+            cost = sealed.p50_us / plain.p50_us - 1
+            target = payload == "256 B"
+            out.append(
+                Verdict(
+                    f"sealing's cost, infer p50 sealed / unsealed - 1, {payload}",
+                    f"{cost:+.1%}",
+                    f"<= {TARGET_SEAL_COST:.0%}" if target else "(info)",
+                    check(cost <= TARGET_SEAL_COST) if target else "-",
+                )
+            )
+        else:
+            out.append(
+                Verdict(
+                    f"infer {payload}, {in_flight} in flight: sealed vs unsealed MB/s in",
+                    f"{sealed.in_mb_s:,.0f} vs {plain.in_mb_s:,.0f}",
+                    "(info)",
+                    "-",
+                )
+            )
+    for size in SEAL_FRAME_BYTES:
+        seal_mb_s, open_mb_s = sealing_mb_s(size)
+        slower = min(seal_mb_s, open_mb_s)
+        out.append(
+            Verdict(
+                f"AES-256-GCM frames of {size / 1e6:.1f} MB: seal / open MB/s",
+                f"{seal_mb_s:,.0f} / {open_mb_s:,.0f}",
+                f">= {TARGET_SEAL_MB_S:,.0f} MB/s each",
+                check(slower >= TARGET_SEAL_MB_S),
+            )
+        )
+    return out
 
 
 def verdicts(rows: list[Row]) -> list[Verdict]:
@@ -811,6 +931,7 @@ def verdicts(rows: list[Row]) -> list[Verdict]:
                     "-",
                 ),
             ]
+    out += sealing_verdicts(find, check)
     ping = find(NODE, "ping", "-", WINDOW_PING)
     if ping is not None:
         out.append(

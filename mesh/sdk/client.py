@@ -99,7 +99,10 @@ class MeshClient:
 
     ``nodes`` is ``"host:port"`` (port 7700 when left out) or a list of
     them to choose from and fail over between. ``mesh_key`` is the mesh's
-    shared key, needed when the nodes have one. ``timeout`` is the default
+    shared key, needed when the nodes have one, or a node's client key
+    (``--client-key-file``: the client is then a client only, as it always
+    is; it never joins the mesh). With a key the link is sealed (AES-256-GCM
+    or ChaCha20-Poly1305) unless ``seal`` is False. ``timeout`` is the default
     seconds to wait for any one answer, failovers included;
     ``connect_timeout`` bounds dialling one node; ``heartbeat`` is the
     seconds between pings to the node in use, and how long one may go
@@ -117,6 +120,7 @@ class MeshClient:
         connect_timeout: float = 5.0,
         heartbeat: float | None = 3.0,
         max_message_bytes: int | None = None,
+        seal: bool = True,
     ) -> None:
         for name, value in (
             ("timeout", timeout),
@@ -129,6 +133,7 @@ class MeshClient:
             max_message_bytes=max_message_bytes or RpcConfig().max_message_bytes,
             call_timeout_s=timeout,
             connect_timeout_s=connect_timeout,
+            seal=seal,
         )
         self._key = _as_key(mesh_key)
         self._heartbeat = heartbeat
