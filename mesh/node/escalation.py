@@ -156,7 +156,7 @@ class JointInference:
             decision = decide(rule, request.escalation, edge.outputs)
         except ValueError as exc:
             return self._kept(rule, edge, Decision((), rule.threshold), "mismatch", str(exc))
-        counters["checked_rows"] += _rows(edge)
+        counters["checked_rows"] += _rows(rule, edge)
         if not decision.escalate:
             return self._kept(rule, edge, decision, decision.reason)
         budget_s = (
@@ -164,9 +164,13 @@ class JointInference:
         ) - (time.monotonic() - arrived)
         if budget_s <= 0:
             return self._kept(rule, edge, decision, "late", "no time left on the deadline")
+        try:
+            inputs = select_rows(request.inputs, decision.rows, _rows(rule, edge))
+        except ValueError as exc:
+            return self._kept(rule, edge, decision, "mismatch", str(exc))
         second = InferRequest(
             model=rule.to,
-            inputs=select_rows(request.inputs, decision.rows),
+            inputs=inputs,
             request_id=_second_id(request.request_id),
             deadline_ms=budget_s * 1000,
             version=rule.version,
@@ -246,14 +250,17 @@ def _fields(
         "escalation_threshold": decision.threshold,
         "unsure_rows": len(decision.rows),
         "escalated_rows": len(decision.rows) if escalated else 0,
-        "batch_rows": _rows(edge),
+        "batch_rows": _rows(rule, edge),
         "edge_ran_on": edge.ran_on,
     }
 
 
-def _rows(answer: Answer) -> int:
-    for array in answer.outputs.values():
-        return int(array.shape[0]) if array.ndim else 1
+def _rows(rule: EscalationRule, answer: Answer) -> int:
+    """The answer's batch: the rows of the rule's output (else of any output)."""
+    probabilities = answer.outputs.get(rule.output)
+    for array in (probabilities, *answer.outputs.values()):
+        if array is not None:
+            return int(array.shape[0]) if array.ndim else 1
     return 0
 
 

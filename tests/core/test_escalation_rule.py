@@ -85,7 +85,7 @@ def test_deciding_without_the_rules_output_is_a_value_error() -> None:
 
 def test_select_and_merge_replace_exactly_the_escalated_rows() -> None:
     inputs = {"X": np.arange(8, dtype=np.float32).reshape(4, 2)}
-    picked = select_rows(inputs, (1, 3))
+    picked = select_rows(inputs, (1, 3), 4)
     np.testing.assert_array_equal(picked["X"], [[2, 3], [6, 7]])
     edge: dict[str, np.ndarray[Any, Any]] = {
         "probabilities": PROBS,
@@ -106,6 +106,15 @@ def test_select_and_merge_replace_exactly_the_escalated_rows() -> None:
     assert "only_target" not in merged
     # The edge's arrays are not written to.
     np.testing.assert_array_equal(edge["label"], [0, 0, 0, 0])
+
+
+def test_inputs_or_outputs_not_batched_like_the_answer_are_not_merged_row_by_row() -> None:
+    with pytest.raises(ValueError, match="input 'scale' has shape \\[1\\], not 4 rows"):
+        select_rows({"X": np.zeros((4, 2)), "scale": np.ones(1)}, (1,), 4)
+    edge = {"probabilities": PROBS, "total": np.array([4.0])}  # one value for the batch
+    target = {"probabilities": PROBS[:2], "total": np.array([2.0, 2.0])}
+    merged = merge_rows(RULE, edge, target, (1, 3))
+    np.testing.assert_array_equal(merged["total"], [4.0])  # left as the edge said it
 
 
 @pytest.mark.parametrize(

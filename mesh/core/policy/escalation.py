@@ -245,11 +245,12 @@ def mergeable_outputs(
     edge: Mapping[str, np.ndarray[Any, Any]],
     target: Mapping[str, np.ndarray[Any, Any]],
     rows: int,
+    batch: int,
 ) -> tuple[str, ...]:
     """The outputs whose target rows can replace the edge's: same name, dtype and row shape.
 
-    ``rows`` is how many rows the target was sent; a target output that is
-    not batched that way is left out.
+    ``rows`` is how many rows the target was sent and ``batch`` how many the
+    edge answered; an output not batched that way on either side is left out.
     """
     names = []
     for name, mine in edge.items():
@@ -258,6 +259,7 @@ def mergeable_outputs(
             theirs is not None
             and theirs.dtype == mine.dtype
             and theirs.ndim == mine.ndim >= 1
+            and mine.shape[0] == batch
             and theirs.shape[0] == rows
             and theirs.shape[1:] == mine.shape[1:]
         ):
@@ -302,9 +304,19 @@ def unsure_rows(probabilities: np.ndarray[Any, Any], threshold: float) -> tuple[
 
 
 def select_rows(
-    inputs: Mapping[str, np.ndarray[Any, Any]], rows: Sequence[int]
+    inputs: Mapping[str, np.ndarray[Any, Any]], rows: Sequence[int], batch: int
 ) -> dict[str, np.ndarray[Any, Any]]:
-    """The inputs of the rows that escalate (every input's first axis is the batch)."""
+    """The inputs of the rows that escalate; ``batch`` is the edge answer's row count.
+
+    ValueError when an input's first axis is not that batch: its rows
+    cannot be told apart, so nothing can be escalated row by row.
+    """
+    for name, array in inputs.items():
+        if array.ndim == 0 or array.shape[0] != batch:
+            raise ValueError(
+                f"input '{name}' has shape {list(array.shape)}, not {batch} rows as the"
+                " edge answer has; only batched inputs can be escalated row by row"
+            )
     index = np.asarray(rows, dtype=np.intp)
     return {name: np.ascontiguousarray(array[index]) for name, array in inputs.items()}
 
@@ -321,7 +333,7 @@ def merge_rows(
     keep the edge's values. ValueError when the rule's own output cannot be
     merged; the caller then keeps the edge answer whole.
     """
-    names = mergeable_outputs(edge, target, len(rows))
+    names = mergeable_outputs(edge, target, len(rows), edge[rule.output].shape[0])
     if rule.output not in names:
         raise ValueError(
             f"'{rule.to}' answered outputs {sorted(target)}, without an output"
