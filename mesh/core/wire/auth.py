@@ -290,7 +290,8 @@ class ServerHandshake:
             return {"auth": "none"}
         claims = parse_claims(args)
         self.session = Session(role=claims.role, name=claims.name)
-        return {"auth": "none", "role": claims.role, "seal": SEAL_NONE}
+        # "caller_role", not "role": the node's hello info already says what it is.
+        return {"auth": "none", "caller_role": claims.role, "seal": SEAL_NONE}
 
     def _key_for(self, claims: Claims) -> bytes:
         # The client key only when the caller names it; anything else is
