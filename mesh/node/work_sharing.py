@@ -281,7 +281,7 @@ class WorkSharing:
         """``cancel``: an owner no longer wants a request we hold."""
         key = self._parse(parse_cancel, params, connection)
         if key is not None:
-            self._do(self.scheduler.cancel_foreign(key, self._now()))
+            self._do(self.scheduler.cancel_foreign(key, self._now(), connection.peer_name))
 
     def on_nudge(self, connection: RpcConnection, params: list[Any]) -> None:
         """``nudge``: a peer holds work we could take."""

@@ -632,6 +632,18 @@ def test_an_expired_lease_takes_the_request_back() -> None:
     assert m.b.running() == 0 and m.b.queued() == 0
 
 
+def test_only_the_holder_answers_or_hands_on_and_only_the_owner_cancels() -> None:
+    """Issue 19: the edge passes the name its connection's handshake gave."""
+    m = stolen()
+    assert m.a.result(4, 0, 0.01, sender="c") == []  # b holds 4, not c
+    m.a.handoff(4, 0, "c", 1.0, 0.01, sender="c")  # c cannot take b's request
+    assert m.a.result(4, 0, 0.01, sender="c") == []
+    assert m.a.holds(4)
+    assert m.b.cancel_foreign(("id-a", 4), 0.01, sender="c") == []  # a owns it, not c
+    assert m.b.running() + m.b.queued() == 2
+    assert m.a.result(4, 0, 0.01, sender="b") == [Reply(4)]
+
+
 def test_a_handoff_moves_the_lease_to_the_new_holder() -> None:
     m = stolen()
     c = node("c")

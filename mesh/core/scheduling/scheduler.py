@@ -345,8 +345,12 @@ class Scheduler(SchedulerParts[P]):
             self._peers.note_thief(ask, jobs, self._estimates, now)
         return jobs, actions + self._after_change(now)
 
-    def cancel_foreign(self, key: JobKey, now: float) -> list[Action]:
-        """An owner no longer wants ``key`` from us."""
+    def cancel_foreign(self, key: JobKey, now: float, sender: str | None = None) -> list[Action]:
+        """An owner no longer wants ``key`` from us (``sender``, when known: only
+        the request's owner may cancel it)."""
+        held = self._ledger.holding(key)
+        if held is not None and sender is not None and held.owner != sender:
+            return []
         job = self._ledger.release(key)
         if job is None:
             return []
