@@ -61,10 +61,11 @@ $(CORE_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(CORE_VENV)
 	$(CORE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CORE_VENV)/bin/python -m pip install --quiet 'numpy>=1.26' 'msgpack>=1.0.7' \
+		'cryptography>=42' \
 		'pytest>=8.0' 'pytest-asyncio>=0.23' 'pytest-timeout>=2.2' 'hypothesis>=6.100'
 	touch $(CORE_STAMP)
 
-## core-minimal    the pure core's tests in a venv with only numpy, msgpack and pytest
+## core-minimal    the pure core's tests in a venv with only numpy, msgpack, cryptography (sealing) and pytest
 core-minimal: $(CORE_STAMP)
 	$(CORE_VENV)/bin/python -m pytest tests/core
 
