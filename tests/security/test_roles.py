@@ -9,14 +9,16 @@ transcript that binds a role into both proofs is checked in memory.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from mesh.config import load_node_config
 from mesh.core.membership.gossip import Gossip, Load
 from mesh.core.wire import auth
-from mesh.errors import AuthError, BadRequest, Forbidden
+from mesh.errors import AuthError, BadRequest, ConfigError, Forbidden
 from mesh.node.node import Node
 from mesh.rpc import RpcClient
 from mesh.sdk.client import MeshClient
@@ -189,3 +191,17 @@ def test_malformed_claims_are_a_bad_request(hello: dict[str, Any]) -> None:
     server = auth.ServerHandshake(key=KEY, server_nonce=NONCE_S)
     with pytest.raises(BadRequest, match="hello:"):
         server.hello([{"nonce": NONCE_C, **hello}])
+
+
+def test_a_client_key_file_is_read_checked_and_needs_a_mesh_key(tmp_path: Path) -> None:
+    mesh_file, client_file = tmp_path / "mesh.key", tmp_path / "client.key"
+    mesh_file.write_bytes(KEY + b"\n")
+    client_file.write_bytes(CLIENT_KEY + b"\n")
+    env = {"EDGEMESH_CLIENT_KEY_FILE": str(client_file), "EDGEMESH_SEAL": "false"}
+    config = load_node_config({"mesh_key_file": str(mesh_file)}, env)
+    assert (config.client_key, config.rpc.seal) == (CLIENT_KEY, False)
+    assert load_node_config({"mesh_key_file": str(mesh_file)}, {}).rpc.seal
+    with pytest.raises(ConfigError, match="needs a mesh key"):
+        load_node_config({"client_key_file": str(client_file)}, {})
+    with pytest.raises(ConfigError, match="holds the mesh key itself"):
+        load_node_config({"mesh_key_file": str(mesh_file), "client_key_file": str(mesh_file)}, {})
