@@ -46,6 +46,7 @@ from mesh.errors import (
     RpcTimeout,
     error_from_wire,
 )
+from mesh.rpc.sealed import SealedLink
 
 __all__ = ["ERROR_NOTICE", "Methods", "RpcConnection"]
 
@@ -58,8 +59,6 @@ ERROR_NOTICE = "error"
 _WRITE_HIGH_WATER = 4 * 1024 * 1024
 # Messages at least this big are written on their own rather than joined.
 _JOIN_LIMIT = 64 * 1024
-# On a sealed link, small messages are joined into frames of up to this much.
-_SEAL_JOIN_LIMIT = 256 * 1024
 
 InlineMethod = Callable[["RpcConnection", list[Any]], Any]
 ConcurrentMethod = Callable[["RpcConnection", list[Any]], Awaitable[Any]]
@@ -139,7 +138,7 @@ class RpcConnection(asyncio.Protocol):
         self.last_received = float("-inf")
         # Sealing (mesh.core.wire.sealing): None on a plain link. _switch is
         # set by the handshake's last message: every byte after it is sealed.
-        self._sealer: sealing.Sealer | None = None
+        self._sealed: SealedLink | None = None
         self._opener: sealing.Opener | None = None
         self._switch: auth.Session | None = None
         # The client side's final hello, whose answer starts sealing.
@@ -174,7 +173,7 @@ class RpcConnection(asyncio.Protocol):
     @property
     def sealed(self) -> bool:
         """Whether frames on this link are sealed now."""
-        return self._sealer is not None
+        return self._sealed is not None
 
     @property
     def in_flight(self) -> int:
@@ -229,23 +228,19 @@ class RpcConnection(asyncio.Protocol):
         Bytes that came after it in the same chunk are already sealed frames.
         """
         self._switch = None
-        assert session.key is not None
-        to_server, to_client = sealing.derive_keys(
-            session.key, session.client_nonce, session.server_nonce, session.transcript
-        )
-        serving = self._handshake is not None
         self._flush()
-        limit = max(self._config.max_message_bytes, _SEAL_JOIN_LIMIT)
-        self._sealer = sealing.Sealer(session.seal, to_client if serving else to_server)
-        self._opener = sealing.Opener(
-            session.seal, to_server if serving else to_client, max_plaintext=limit
+        sealed = self._sealed = SealedLink(
+            session,
+            serving=self._handshake is not None,
+            max_message_bytes=self._config.max_message_bytes,
         )
+        self._opener = sealed.opener
         rest = self._framing.buffered
         if rest:
             if rest > len(data):
                 raise ProtocolError("plain bytes before the end of the handshake's last message")
             self._framing = RpcFraming(max_message_size=self._config.max_message_bytes)
-            for plaintext in self._opener.receive_data(data[len(data) - rest :]):
+            for plaintext in sealed.opener.receive_data(data[len(data) - rest :]):
                 self._feed(plaintext)
 
     def eof_received(self) -> bool:
@@ -444,8 +439,9 @@ class RpcConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             outbox.clear()
             return
-        if self._sealer is not None:
-            self._flush_sealed(transport, outbox, self._sealer)
+        if self._sealed is not None:
+            self.bytes_sent += self._sealed.write(transport, outbox)
+            outbox.clear()
             return
         self.bytes_sent += sum(len(data) for data in outbox)
         if len(outbox) == 1:
@@ -465,39 +461,6 @@ class RpcConnection(asyncio.Protocol):
             if small:
                 transport.write(b"".join(small))
         outbox.clear()
-
-    def _flush_sealed(
-        self, transport: asyncio.Transport, outbox: list[bytes], sealer: sealing.Sealer
-    ) -> None:
-        # One frame per big message, one per run of small ones: each frame
-        # costs a tag and an AEAD call, so a burst of small calls shares one.
-        small: list[bytes] = []
-        small_bytes = 0
-        for data in outbox:
-            if len(data) >= _JOIN_LIMIT or small_bytes + len(data) > _SEAL_JOIN_LIMIT:
-                if small:
-                    self._write_sealed(transport, sealer, b"".join(small))
-                    small.clear()
-                    small_bytes = 0
-                if len(data) >= _JOIN_LIMIT:
-                    self._write_sealed(transport, sealer, data)
-                    continue
-            small.append(data)
-            small_bytes += len(data)
-        if small:
-            self._write_sealed(transport, sealer, b"".join(small) if len(small) > 1 else small[0])
-        outbox.clear()
-
-    def _write_sealed(
-        self, transport: asyncio.Transport, sealer: sealing.Sealer, plaintext: bytes
-    ) -> None:
-        header, body = sealer.seal(plaintext)
-        self.bytes_sent += len(header) + len(body)
-        if len(body) < _JOIN_LIMIT:
-            transport.write(header + body)
-        else:
-            transport.write(header)
-            transport.write(body)
 
     def _respond(self, msgid: int, result: Any) -> None:
         try:
@@ -619,7 +582,7 @@ class RpcConnection(asyncio.Protocol):
             result = {**self._hello_info(), **result}
         self._respond(request.msgid, result)
         session = handshake.session
-        if result.get("auth") == "ok" and session.seal != auth.SEAL_NONE and self._sealer is None:
+        if result.get("auth") == "ok" and session.seal != auth.SEAL_NONE and self._sealed is None:
             self._switch = session
 
     def _on_response(self, response: Response) -> None:
