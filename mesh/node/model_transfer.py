@@ -316,28 +316,44 @@ class ModelTransfer:
     async def _fetch_chunks(
         self, connection: RpcConnection, assembly: Assembly, handle: IO[bytes]
     ) -> None:
-        """Keep ``window`` chunk calls in flight, write each in order as it lands."""
+        """Keep ``window`` chunk calls in flight, write each in order as it lands.
+
+        Writing and hashing run on a worker thread, one chunk at a time, while
+        the next chunk calls are already out: the copy is paced by the
+        slower of the link and the disk, not by their sum.
+        """
         timeout = self._config.call_timeout_s
-        in_flight: deque[tuple[ChunkAsk, asyncio.Task[Any]]] = deque()
+        in_flight: deque[tuple[ChunkAsk, asyncio.Future[Any]]] = deque()
+        writing: asyncio.Future[None] | None = None
         try:
             while True:
                 for ask in assembly.asks():
                     call = connection.call(CHUNK, ask.to_params(), timeout=timeout)
                     in_flight.append((ask, asyncio.ensure_future(call)))
                 if not in_flight:
-                    return
+                    break
                 ask, task = in_flight.popleft()
                 data = await task
                 if not isinstance(data, bytes):
                     raise ProtocolError(f"{CHUNK} answered {type(data).__name__}; expected bin")
-                # Hashing and writing off the loop, while the next chunks arrive;
-                # only this coroutine touches the assembly, one step at a time.
-                await asyncio.to_thread(_feed_and_write, assembly, ask.offset, data, handle)
+                ready = assembly.feed(ask.offset, data)
+                if writing is not None:
+                    await writing  # in order, and one chunk's bytes in a thread at a time
+                writing = asyncio.ensure_future(
+                    asyncio.to_thread(_write_and_absorb, assembly, ready, handle)
+                )
+            if writing is not None:
+                await writing
         finally:
-            for _, task in in_flight:
+            calls = [t for _, t in in_flight]
+            for task in calls:
                 task.cancel()
-            # Awaited so that no call is left running behind a refused copy.
-            await asyncio.gather(*(t for _, t in in_flight), return_exceptions=True)
+            # Awaited so that no call is left running behind a refused copy, and
+            # the last write (a thread: it cannot be cancelled) is over before
+            # the file is closed.
+            await asyncio.gather(
+                *calls, *([] if writing is None else [writing]), return_exceptions=True
+            )
 
     def status(self) -> dict[str, Any]:
         """Figures for ``status()``: pulls, refused copies, pushes, what is under way."""
@@ -409,8 +425,9 @@ def node_transfer(node: Node, files: ModelFiles) -> ModelTransfer:
     )
 
 
-def _feed_and_write(assembly: Assembly, offset: int, data: bytes, handle: IO[bytes]) -> None:
-    handle.writelines(assembly.feed(offset, data))
+def _write_and_absorb(assembly: Assembly, ready: list[bytes], handle: IO[bytes]) -> None:
+    handle.writelines(ready)
+    assembly.absorb(ready)
 
 
 def _read_span(path: Path, ask: ChunkAsk, max_chunk: int) -> bytes:

@@ -154,7 +154,7 @@ class Uploads:
         async with upload.lock:
             if ready:
                 try:
-                    await asyncio.to_thread(upload.handle.writelines, ready)
+                    await asyncio.to_thread(_write_and_absorb, upload, ready)
                 except (OSError, ValueError) as exc:
                     # ValueError: a bad chunk dropped the upload (closed its file) meanwhile.
                     self.drop(chunk.upload)
@@ -206,6 +206,11 @@ class Uploads:
         upload = self._open.pop(upload_id, None)
         if upload is not None:
             _discard(upload)
+
+
+def _write_and_absorb(upload: _Upload, ready: list[bytes]) -> None:
+    upload.handle.writelines(ready)
+    upload.assembly.absorb(ready)
 
 
 def _discard(upload: _Upload) -> None:

@@ -52,8 +52,9 @@ def _pull_all(assembly: Assembly, data: bytes, rng: random.Random) -> bytes:
         outstanding.extend(assembly.asks())
         assert len(outstanding) <= assembly.window
         ask = outstanding.pop(rng.randrange(len(outstanding)))
-        for piece in assembly.feed(ask.offset, data[ask.offset : ask.offset + ask.length]):
-            out += piece
+        ready = assembly.feed(ask.offset, data[ask.offset : ask.offset + ask.length])
+        assembly.absorb(ready)
+        out += b"".join(ready)
     return bytes(out)
 
 
@@ -104,7 +105,13 @@ def test_a_short_chunk_is_a_truncated_file() -> None:
 def test_an_unfinished_copy_does_not_verify() -> None:
     data = b"q" * 600
     assembly = Assembly(_info(data), chunk_bytes=256, window=4)
-    assembly.feed(0, data[:256])
+    assembly.absorb(assembly.feed(0, data[:256]))
+    with pytest.raises(ModelIntegrityError, match="got 256 of 600 bytes"):
+        assembly.verify()
+    # Released but not yet absorbed (hashed) does not count either.
+    assembly.feed(256, data[256:512])
+    assembly.feed(512, data[512:])
+    assert assembly.complete
     with pytest.raises(ModelIntegrityError, match="got 256 of 600 bytes"):
         assembly.verify()
 

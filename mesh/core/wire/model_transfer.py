@@ -226,12 +226,14 @@ class Assembly:
     """The receiving side of one transfer: chunks in, verified bytes out, in file order.
 
     ``feed`` takes a chunk at an ``offset`` that is a multiple of
-    ``chunk_bytes`` within ``window`` chunks of what is already written, of
+    ``chunk_bytes`` within ``window`` chunks of what is already released, of
     exactly the expected length, and returns the bytes now ready to write,
-    in order (hashed on the way). A puller asks for chunks with
-    :meth:`asks`. :meth:`verify` checks the size and the sha256 once
-    everything has been fed. Memory is bounded: at most ``window`` chunks
-    wait for an earlier one.
+    in order. Whoever writes them hands them to :meth:`absorb`, which hashes
+    them (the costly part, so it may run on a worker thread while the next
+    chunks arrive: one call at a time, in the order ``feed`` released them).
+    A puller asks for chunks with :meth:`asks`. :meth:`verify` checks the
+    size and the sha256 once everything is absorbed. Memory is bounded: at
+    most ``window`` chunks wait for an earlier one.
     """
 
     def __init__(self, info: ModelFileInfo, *, chunk_bytes: int, window: int) -> None:
@@ -243,7 +245,8 @@ class Assembly:
         self.chunk_bytes = chunk_bytes
         self.window = window
         self._hash = hashlib.sha256()
-        self.written = 0  # bytes released in order (and hashed)
+        self.written = 0  # bytes released in order by feed
+        self._hashed = 0  # bytes absorbed (hashed)
         self._next_ask = 0  # the next offset asks() hands out
         self._waiting: dict[int, bytes] = {}  # early chunks, by offset
         self._asked: set[int] = set()  # offsets asked for and not yet fed
@@ -296,17 +299,22 @@ class Assembly:
         ready: list[bytes] = []
         while self.written in self._waiting:
             piece = self._waiting.pop(self.written)
-            self._hash.update(piece)
             self.written += len(piece)
             ready.append(piece)
         return ready
 
+    def absorb(self, pieces: list[bytes]) -> None:
+        """Hash ``pieces``, as :meth:`feed` released them (in order, one call at a time)."""
+        for piece in pieces:
+            self._hash.update(piece)
+            self._hashed += len(piece)
+
     def verify(self) -> None:
         """ModelIntegrityError unless the bytes fed are the promised size and sha256."""
         info = self.info
-        if not self.complete:
+        if not self.complete or self._hashed != info.size:
             raise ModelIntegrityError(
-                f"{info.name} ({info.sha256[:12]}): got {self.written} of {info.size} bytes"
+                f"{info.name} ({info.sha256[:12]}): got {self._hashed} of {info.size} bytes"
             )
         actual = self._hash.hexdigest()
         if actual != info.sha256:
