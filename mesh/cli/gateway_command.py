@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mesh.cli.limit_flags import add_gateway_limit_flags
 from mesh.cli.serving import (
     Server,
     add_drain_flag,
@@ -101,6 +102,7 @@ def add_gateway_command(commands: Any) -> None:
         help="write {name, host, http_port} as JSON here once listening",
     )
     add_drain_flag(gateway)
+    add_gateway_limit_flags(gateway)
     add_log_flags(gateway)
     gateway.set_defaults(command="gateway", handler=_cmd_gateway)
 

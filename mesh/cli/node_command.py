@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mesh.cli.limit_flags import add_node_limit_flags
 from mesh.cli.serving import (
     Server,
     add_drain_flag,
@@ -225,6 +226,7 @@ def add_node_command(commands: Any) -> None:
         "(http_port: null without --http-port)",
     )
     add_drain_flag(node)
+    add_node_limit_flags(node)
     add_log_flags(node)
     node.set_defaults(command="node", handler=_cmd_node)
 

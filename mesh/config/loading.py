@@ -16,6 +16,14 @@ from urllib.parse import urlsplit
 
 from mesh.config.credentials import client_credentials, http_security
 from mesh.config.escalation import escalation_rules
+from mesh.config.limits import (
+    GATEWAY_HTTP_KEYS,
+    NODE_HTTP_KEYS,
+    RPC_KEYS,
+    http_limits,
+    limit_settings,
+    rpc_limits,
+)
 from mesh.config.settings import (
     DEFAULT_GATEWAY_PORT,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -218,6 +226,12 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
     "drain_timeout": _non_negative_float,
+    **limit_settings(
+        {**RPC_KEYS, **NODE_HTTP_KEYS},
+        positive_int=_positive_int,
+        positive_seconds=_positive_float,
+        positive_number=_positive_number,
+    ),
 }
 NODE_SETTING_KEYS = tuple(_NODE_SETTINGS)
 
@@ -334,6 +348,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
             "max_in_flight_per_connection", defaults_rpc.max_in_flight_per_connection
         ),
         seal=settings.get("seal", defaults_rpc.seal),
+        **rpc_limits(settings),
     )
     defaults = NodeConfig()
     host = settings.get("host", defaults.host)
@@ -387,6 +402,7 @@ def _build_node_config(settings: Mapping[str, Any], environ: Mapping[str, str]) 
             max_body_bytes=rpc.max_message_bytes,
             host=settings.get("http_host"),
             **http_security(settings),
+            **http_limits(settings, NODE_HTTP_KEYS),
         ),
         gateway=gateway,
         fallback=FallbackConfig(
@@ -485,6 +501,12 @@ _GATEWAY_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "log_level": _choice("debug", "info", "warning", "error"),
     "log_format": _choice("text", "json"),
     "drain_timeout": _non_negative_float,
+    **limit_settings(
+        GATEWAY_HTTP_KEYS,
+        positive_int=_positive_int,
+        positive_seconds=_positive_float,
+        positive_number=_positive_number,
+    ),
 }
 GATEWAY_SETTING_KEYS = tuple(_GATEWAY_SETTINGS)
 
@@ -508,6 +530,7 @@ def _build_gateway_config(settings: Mapping[str, Any]) -> GatewayServerConfig:
         port=settings.get("port", DEFAULT_GATEWAY_PORT),
         max_body_bytes=settings.get("max_body_bytes", DEFAULT_MAX_MESSAGE_BYTES),
         **http_security(settings),
+        **http_limits(settings, GATEWAY_HTTP_KEYS),
     )
     upstream = None
     if "upstream" in settings:

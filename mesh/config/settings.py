@@ -161,6 +161,18 @@ class HttpConfig:
     port: int | None = None
     # Largest request body accepted; a bigger one is refused with 413.
     max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Largest JSON part of a request (the whole body without the binary tensor
+    # extension): JSON is parsed on the event loop, and a bigger document
+    # would stall the node's gossip (mesh.http.limits). 413 past it.
+    max_json_bytes: int = 1024 * 1024
+    # A connection that sends no complete request headers for this long
+    # (slow headers, or idle between requests) is closed.
+    idle_timeout_s: float = 15.0
+    # A request body must arrive within this; 408 and a closed connection else.
+    body_timeout_s: float = 30.0
+    # Bytes of request bodies held at once, over all connections, until each
+    # request is answered; past it 503 Overloaded.
+    max_bytes_in_flight: int = 4 * DEFAULT_MAX_MESSAGE_BYTES
     # The address to listen on; None: the node's or gateway's own host (for a
     # node, see NodeConfig.http_bind: a keyed node without a token stays local).
     host: str | None = None

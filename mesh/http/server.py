@@ -40,6 +40,7 @@ from aiohttp import web
 
 from mesh.config import HttpConfig
 from mesh.core.policy.escalation import parse_override
+from mesh.core.policy.exposure import ByteBudget
 from mesh.core.wire import catalog, oip
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import (
@@ -58,6 +59,7 @@ from mesh.errors import (
     RemoteError,
     TransportError,
 )
+from mesh.http.limits import BUDGET, check_json_size, held_bytes, read_body, runner_options
 from mesh.http.security import bearer_middleware, server_tls_context
 from mesh.service import Answer, InferenceService
 
@@ -74,7 +76,6 @@ _SERVICE: web.AppKey[InferenceService] = web.AppKey("service", InferenceService)
 _CONFIG: web.AppKey[HttpConfig] = web.AppKey("config", HttpConfig)
 _JSON = "application/json"
 _BINARY = "application/octet-stream"
-_CHUNK = 256 * 1024
 # How long a stopping server lets requests in flight finish.
 _SHUTDOWN_GRACE_S = 5.0
 _DIGITS = re.compile(r"[0-9]{1,18}")
@@ -207,7 +208,7 @@ async def _repository_index(request: web.Request) -> web.Response:
     ``{"ready": true}`` asks for ready models only; every model listed is
     ready, so both answer the same.
     """
-    body = await _read_body(request, request.app[_CONFIG].max_body_bytes)
+    body = await _read_body(request)
     catalog.parse_index_request(body)
     entries = await request.app[_SERVICE].repository_index()
     return _json(catalog.index_entries(entries))
@@ -221,7 +222,7 @@ async def _infer(request: web.Request) -> web.Response:
     model = request.match_info["model"]
     version = request.match_info.get("version")
     header_length = _header_length(request)
-    body = await _read_body(request, request.app[_CONFIG].max_body_bytes)
+    body = await _read_body(request, header_length)
     parsed = oip.parse_infer_request(body, header_length)
     if version is not None:
         await _metadata_of(request)
@@ -264,24 +265,16 @@ def _header_length(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused with MessageTooLarge as soon as it passes ``limit``."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise MessageTooLarge(
-            f"request body of {declared} bytes is over the limit of {limit} bytes"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            # A chunked body has no declared length: say what we know.
-            raise MessageTooLarge(
-                f"request body of more than {limit} bytes is over the limit of {limit} bytes"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _read_body(request: web.Request, header_length: int | None = None) -> bytes:
+    """The whole body, within the limits of :mod:`mesh.http.limits`; its JSON part
+    (the first ``header_length`` bytes, else all of it) within ``max_json_bytes``."""
+    config = request.app[_CONFIG]
+    if header_length is None and request.content_length is not None:
+        check_json_size(request.content_length, config, declared=True)
+    limit = config.max_body_bytes if header_length is not None else config.max_json_bytes
+    body = await read_body(request, min(limit, config.max_body_bytes), config)
+    check_json_size(len(body) if header_length is None else header_length, config, declared=False)
+    return body
 
 
 def _selected_outputs(parsed: oip.V2Request, answer: Answer) -> dict[str, Any]:
@@ -300,14 +293,20 @@ def _selected_outputs(parsed: oip.V2Request, answer: Answer) -> dict[str, Any]:
 # --- the application and its server ---------------------------------------------------
 
 
-def make_app(service: InferenceService, config: HttpConfig) -> web.Application:
-    """The aiohttp application serving ``service`` under ``/v2``."""
+def make_app(
+    service: InferenceService, config: HttpConfig, budget: ByteBudget | None = None
+) -> web.Application:
+    """The aiohttp application serving ``service`` under ``/v2``; request bodies
+    count against ``budget`` (the node shares its RPC server's), else a budget of its own."""
     # Bodies are read by _read_body with its own limit and message; this is a backstop.
     # With a token, the check comes first: an unauthenticated caller reaches no route.
     checks = [] if config.token is None else [bearer_middleware(config.token)]
-    app = web.Application(middlewares=[*checks, _errors], client_max_size=config.max_body_bytes + 1)
+    app = web.Application(
+        middlewares=[*checks, held_bytes, _errors], client_max_size=config.max_body_bytes + 1
+    )
     app[_SERVICE] = service
     app[_CONFIG] = config
+    app[BUDGET] = budget or ByteBudget(config.max_bytes_in_flight)
     model = "/v2/models/{model}"
     versioned = model + "/versions/{version}"
     app.router.add_get("/v2/health/live", _live)
@@ -331,8 +330,9 @@ class HttpServer:
         host: str,
         config: HttpConfig,
         sock: socket.socket | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
-        self._app = make_app(service, config)
+        self._app = make_app(service, config, budget)
         self._host = host
         self._config = config
         # Made here, so that an unusable certificate fails the start, not the first request.
@@ -358,6 +358,7 @@ class HttpServer:
             handle_signals=False,
             handler_cancellation=True,
             shutdown_timeout=_SHUTDOWN_GRACE_S,
+            **runner_options(self._config),
         )
         await runner.setup()
         try:

@@ -305,6 +305,8 @@ class Node:
                     host=config.http_bind()[0],
                     config=config.http,
                     sock=self._listeners[1],
+                    # One budget for bytes held, RPC and HTTP alike.
+                    budget=self._server.budget,
                 )
                 http_listening = asyncio.Event()
                 started.append(tasks.create_task(self._http.serve(http_listening)))
