@@ -104,8 +104,14 @@ async def _run_until_signalled(make: Callable[[], Server]) -> None:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, signalled)
+    # A node rescans its model directories on SIGHUP (see mesh.node.model_store).
+    reload: Callable[[], None] | None = getattr(server, "reload", None)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await server.run()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+        if reload is not None:
+            loop.remove_signal_handler(signal.SIGHUP)

@@ -92,11 +92,14 @@ class RuntimeService(EdgemeshServer):
         return True
 
     async def model_metadata(self, name: str) -> dict[str, Any]:
-        """The V2 metadata of a model served here; ModelNotFound otherwise."""
-        return model_metadata(self._runtime.spec(name))
+        """The V2 metadata of a model served here (its newest version's
+        signature, and every version served); ModelNotFound otherwise."""
+        metadata = model_metadata(self._runtime.spec(name))
+        metadata["versions"] = [s.version for s in self._runtime.versions(name)]
+        return metadata
 
     async def repository_index(self) -> list[IndexEntry]:
-        """The runtime's models, each with its version."""
+        """The runtime's models: one entry per version served."""
         return [IndexEntry(spec.name, spec.version) for spec in self._runtime.specs()]
 
     def status(self) -> dict[str, Any]:
@@ -119,8 +122,9 @@ class RuntimeService(EdgemeshServer):
         """
         loop = asyncio.get_running_loop()
         arrived = loop.time()
-        # Unknown models and bad inputs are refused before they take a place.
-        self._runtime.check_inputs(request.model, request.inputs)
+        # Unknown models or versions and bad inputs are refused before they take a place.
+        sha = self._runtime.spec(request.model, request.version).sha256
+        self._runtime.check_inputs(request.model, request.inputs, sha)
         remaining_s = None if request.deadline_ms is None else request.deadline_ms / 1000
         deadline = None if remaining_s is None else arrived + remaining_s
         load = GatewayLoad(
@@ -174,7 +178,9 @@ class RuntimeService(EdgemeshServer):
             )
         try:
             async with asyncio.timeout_at(deadline):
-                outputs = await self._runtime.infer(request.model, request.inputs)
+                outputs = await self._runtime.infer(
+                    request.model, request.inputs, version=request.version
+                )
                 if self._device is not None:
                     # The slot stays taken until the emulated device would be done.
                     await asyncio.sleep(max(0.0, self._device.finish_at(arrived) - loop.time()))

@@ -232,6 +232,7 @@ async def _infer(request: web.Request) -> web.Response:
             inputs=parsed.inputs,
             request_id=parsed.id,
             deadline_ms=parsed.deadline_ms,
+            version=version,
             escalation=parse_override(
                 parsed.parameters.get("escalate"),
                 parsed.parameters.get("escalate_threshold"),

@@ -8,7 +8,7 @@ to :func:`mesh.core.wire.catalog.mesh_view`, which shapes the reply.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mesh.core.models.signatures import ModelSpec
@@ -60,10 +60,15 @@ async def metadata_in_mesh(
     holders: Iterable[str],
     link: Callable[[str], RpcConnection | None],
     gateway: GatewayClient | None,
+    versions: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """V2 metadata of ``name``: ours, else a holder's (asked over RPC), else the gateway's."""
+    """V2 metadata of ``name``: ours, else a holder's (asked over RPC), else the gateway's.
+
+    ``versions``: the versions of ``name`` the mesh serves (here and on live
+    peers), listed as the metadata's ``versions`` when the mesh has it.
+    """
     if name in runtime:
-        return model_metadata(runtime.spec(name))
+        return _with_versions(model_metadata(runtime.spec(name)), versions)
     for peer in holders:
         connection = link(peer)
         if connection is None:
@@ -72,9 +77,15 @@ async def metadata_in_mesh(
             specs = await connection.call("models", [], timeout=_METADATA_TIMEOUT_S)
             for spec in map(ModelSpec.from_wire, specs):
                 if spec.name == name:
-                    return model_metadata(spec)
+                    return _with_versions(model_metadata(spec), versions)
         except MeshError as exc:
             log.debug("no metadata of %s from %s: %s", name, peer, exc.message)
     if gateway is not None:
         return await gateway.model_metadata(name)
     raise ModelNotFound(f"no node in the mesh serves model '{name}'")
+
+
+def _with_versions(metadata: dict[str, Any], versions: Sequence[str]) -> dict[str, Any]:
+    if versions:
+        metadata["versions"] = list(versions)
+    return metadata

@@ -42,14 +42,12 @@ class NodeHttpFace(EdgemeshServer):
     async def repository_index(self) -> list[IndexEntry]:
         """Every model the node can route to (here, on a live peer, on the gateway).
 
-        The versions are this node's own; others' are left out, since
-        gossip carries only names and checksums.
+        Each version here or on a peer is an entry (a version two nodes
+        hold is listed once); the gateway's models come without a version.
         """
         view = await self._node.mesh_models()
-        return [
-            IndexEntry(m["name"], m.get("version") if m["where"] == "here" else None)
-            for m in view["models"]
-        ]
+        entries = [IndexEntry(m["name"], m.get("version")) for m in view["models"]]
+        return list(dict.fromkeys(entries))
 
 
 def claim_ports(config: NodeConfig) -> list[socket.socket]:

@@ -12,6 +12,8 @@ returns only after all of it has stopped. The methods it serves:
 * ``ping()`` → ``"pong"``
 * ``hello(...)`` → the mesh-key handshake (handled in :mod:`mesh.rpc`)
 * ``drain()`` → begin a graceful shutdown (as SIGTERM does); see :meth:`Node.drain`
+* ``reload()`` → rescan the model directories now (as SIGHUP does) and say
+  what changed; see :mod:`mesh.node.model_store`
 * between peers: ``steal`` and the ``gossip``, ``result``, ``handoff``,
   ``cancel``, ``nudge``, ``giveback`` and ``leaving`` notifications
 
@@ -534,4 +536,5 @@ class Node:
             holders=self._sharing.scheduler.holders(name),
             link=self._link,
             gateway=self._gateway,
+            versions=self._sharing.mesh_versions(name),
         )

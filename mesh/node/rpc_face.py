@@ -1,7 +1,7 @@
 """The node as msgpack-RPC sees it: its method table and each method's parameters.
 
 The methods a client calls (``infer``, ``models``, ``status``, ``ping``,
-``drain``) and the messages between peers (``steal`` and the ``gossip``,
+``drain``, ``reload``) and the messages between peers (``steal`` and the ``gossip``,
 ``result``, ``handoff``, ``cancel``, ``nudge``, ``giveback`` and ``leaving``
 notifications), each handed to the part of the node that acts on it. Kept
 apart from :class:`~mesh.node.node.Node` as :mod:`mesh.node.http_face` is:
@@ -50,7 +50,12 @@ class NodeRpcFace:
                 STEAL: lambda c, p: node.work.on_steal(c, p),
                 **transfer_inline,
             },
-            concurrent={"infer": self._infer, "models": self._models, **transfer_concurrent},
+            concurrent={
+                "infer": self._infer,
+                "models": self._models,
+                "reload": self._reload,
+                **transfer_concurrent,
+            },
             notifications={
                 GOSSIP: self._on_gossip,
                 RESULT: lambda c, p: node.work.on_result(c, p),
@@ -91,6 +96,12 @@ class NodeRpcFace:
         if parse_models_params(params) == "local":
             return self._node.local_models()
         return await self._node.mesh_models()
+
+    async def _reload(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+        # Rescan the model directories now (as SIGHUP does) and say what changed.
+        _no_params("reload", params)
+        report = await self._node.model_store.reload()
+        return report.to_wire()
 
     def _status(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
         _no_params("status", params)

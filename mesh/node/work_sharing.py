@@ -23,7 +23,7 @@ from typing import Any
 from mesh.config import Emulation
 from mesh.core.membership.gossip import Holding
 from mesh.core.membership.peers import Load, ModelHolding
-from mesh.core.models.versions import Version, choose_version
+from mesh.core.models.versions import Version, choose_version, version_key
 from mesh.core.policy.capacity import Placement
 from mesh.core.scheduling.emulation import EmulatedDevice
 from mesh.core.scheduling.jobs import (
@@ -198,6 +198,17 @@ class WorkSharing:
         if not held:
             return None
         return choose_version(model, held, version).sha256
+
+    def mesh_versions(self, model: str) -> list[str]:
+        """The labels of every version of ``model`` served here or on a live peer, oldest first."""
+        labels = {s.version for s in self._runtime.versions(model)}
+        labels |= {
+            h.version
+            for holdings in self._peer_versions.values()
+            for h in holdings
+            if h.name == model and h.version is not None
+        }
+        return sorted(labels, key=version_key)
 
     async def infer(self, request: InferRequest) -> Answer:
         """Own ``request`` until it is answered: here, by a thief, or with an error."""

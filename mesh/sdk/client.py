@@ -251,6 +251,7 @@ class MeshClient:
         timeout: float | None = None,
         escalate: bool | None = None,
         escalate_threshold: float | None = None,
+        version: str | None = None,
     ) -> Inference:
         """Run ``model`` on ``inputs`` (input name → array); outputs by name, and where it ran.
 
@@ -262,10 +263,16 @@ class MeshClient:
         ``request_id`` names the request (default: a fresh unique id); a
         failover re-sends it under the same id. For a model with an escalation
         rule, ``escalate=False`` keeps the edge answer and ``escalate_threshold``
-        replaces the rule's threshold for this request.
+        replaces the rule's threshold for this request. ``version`` runs that
+        version of the model (its label, e.g. ``"2"``) and no other; by
+        default the mesh's newest runs.
         """
         encoded = encode_inputs(inputs)
-        choices = {"escalate": escalate, "escalate_threshold": escalate_threshold}
+        choices = {
+            "escalate": escalate,
+            "escalate_threshold": escalate_threshold,
+            "version": version,
+        }
         rid = request_id if request_id is not None else f"{self._id_prefix}-{next(self._ids)}"
 
         def params(elapsed: float, attempt: int) -> list[Any]:

@@ -146,6 +146,7 @@ class Client:
         timeout: float | None = None,
         escalate: bool | None = None,
         escalate_threshold: float | None = None,
+        version: str | None = None,
     ) -> Inference:
         """See :meth:`MeshClient.infer`."""
         return self._run(
@@ -157,6 +158,7 @@ class Client:
                 timeout=timeout,
                 escalate=escalate,
                 escalate_threshold=escalate_threshold,
+                version=version,
             )
         )
 

@@ -156,13 +156,18 @@ async def test_the_repository_index_over_http() -> None:
         status, body = await post_index(gateway.port, {"ready": "yes"})
         assert status == 400 and body["code"] == "BadRequest"
 
-        # A node lists what it can route to; versions only for its own models.
+        # A node lists what it can route to: its own versions and its peers'
+        # (gossip says which version each file is); the gateway's without one.
         version = a.runtime.spec("digits-small").version
         assert a.http_port is not None and b.http_port is not None
         assert await post_index(a.http_port, {}) == (
             200,
             [
-                {"name": "cnn-heavy", "state": "READY"},
+                {
+                    "name": "cnn-heavy",
+                    "version": b.runtime.spec("cnn-heavy").version,
+                    "state": "READY",
+                },
                 {"name": "digits-large", "state": "READY"},
                 {"name": "digits-small", "version": version, "state": "READY"},
             ],

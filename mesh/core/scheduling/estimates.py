@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from mesh.core.policy.capacity import Capacity
-from mesh.core.scheduling.jobs import Job
+from mesh.core.scheduling.jobs import Job, runs
 
 __all__ = ["EWMA_WEIGHT", "Estimates", "ewma", "remaining_s", "work_s"]
 
@@ -79,9 +79,10 @@ class Estimates:
                 return service
         return self.default_s
 
-    def runs_here_s(self, model: str) -> float | None:
-        """Our service time for ``model``, or the default; None when it cannot run here."""
-        if model not in self.models:
+    def runs_here_s(self, model: str, sha256: str | None = None) -> float | None:
+        """Our service time for ``model``, or the default; None when it cannot run
+        here (nor at ``sha256``, the version a job was resolved to, when given)."""
+        if not runs(self.models, model, sha256):
             return None
         return self._measured.get(model, self.default_s)
 

@@ -368,7 +368,7 @@ def share(
     it again and again.
     """
     model = candidates[0].model
-    mine = here.runs_here_s(model)
+    mine = here.runs_here_s(model, candidates[0].sha256)
     theirs = here.for_thief(ask.service_s, model)
     thief = (ask.wait_s + ask.rtt_s, max(1, ask.slots) / theirs)
     others: list[tuple[float, float]] = []
@@ -423,7 +423,7 @@ def choose_grant(
             break
         if granted and sent_bytes + job.size_bytes > config.max_grant_bytes:
             break
-        mine = here.runs_here_s(job.model)
+        mine = here.runs_here_s(job.model, job.sha256)
         theirs = here.for_thief(ask.service_s, job.model)
         transfer = (sent_bytes + job.size_bytes) / ask.bandwidth_bps
         thief_finish = thief_ready + transfer + theirs * (len(granted) + 1) / thief_parallel
@@ -451,7 +451,7 @@ def worth_moving_to(
         if not runs(load.models, job.model, job.sha256) or job.moves >= config.max_moves:
             continue
         theirs = load.service_s.get(job.model) or here.estimate(job.model)
-        mine = here.finish_s(now) if job.model in here.models else math.inf
+        mine = here.finish_s(now) if runs(here.models, job.model, job.sha256) else math.inf
         transfer = job.size_bytes / (peer.bandwidth_bps or config.default_bandwidth_bps)
         finish = wait + rtt_s(config, peer) + transfer + theirs
         return finish + margin_s(config, theirs) < mine

@@ -100,7 +100,15 @@ def mesh_view(
     entries: list[dict[str, Any]] = [{**spec, "where": "here", "node": here} for spec in local]
     for peer, holdings in peers.items():
         entries.extend(
-            {"name": h.name, "sha256": h.sha256, "where": "peer", "node": peer} for h in holdings
+            {
+                "name": h.name,
+                # A peer says which version each file is (older peers do not).
+                **({} if h.version is None else {"version": h.version}),
+                "sha256": h.sha256,
+                "where": "peer",
+                "node": peer,
+            }
+            for h in holdings
         )
     if gateway is not None:
         entries.extend(
