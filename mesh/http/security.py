@@ -13,22 +13,21 @@ gateway``) and by the node's gateway client (:mod:`mesh.gateway.client`).
   node's gateway client probes it with its token, so a wrong token shows
   up as a failed probe and an open breaker that says why.
 - Tokens are compared with :func:`hmac.compare_digest`, in constant time.
-- TLS uses :func:`ssl.create_default_context` (modern ciphers, no
-  compression) with TLS 1.2 as the floor.
+- TLS contexts come from :mod:`mesh.config.credentials` (re-exported
+  here), which also checks the files when settings load.
 """
 
 from __future__ import annotations
 
 import hmac
-import ssl
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from mesh.config.credentials import client_tls_context, server_tls_context
 from mesh.core.wire import oip
-from mesh.errors import AuthError, ConfigError
+from mesh.errors import AuthError
 
 __all__ = [
     "OPEN_PATHS",
@@ -84,39 +83,7 @@ def _unauthorized(message: str, challenge: str) -> web.Response:
         content_type="application/json",
     )
     response.headers["WWW-Authenticate"] = challenge
+    # The body (up to the size limit) is never read for a stranger: the
+    # connection closes after the answer instead of draining it.
+    response.force_close()
     return response
-
-
-def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """A server-side context serving ``cert`` (PEM chain) with ``key``; ConfigError if unusable."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"tls_cert {cert} and tls_key {key} cannot be used as a PEM certificate chain "
-            f"and its private key: {_reason(exc)}"
-        ) from None
-    return context
-
-
-def client_tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """A client-side context that verifies the server (and its name) against
-    ``ca_file``, or the system's CAs when None; ConfigError if unusable."""
-    try:
-        context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"ca_file {ca_file} holds no usable PEM certificate: {_reason(exc)}"
-        ) from None
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)

@@ -283,3 +283,29 @@ def test_token_files_are_checked_at_start(tmp_path: Path) -> None:
         loaded(tmp_path, gateway_token_file=str(path))
     with pytest.raises(ConfigError, match="tls_cert and tls_key go together"):
         loaded(tmp_path, tls_cert=str(path))
+
+
+async def test_a_strangers_big_body_is_not_waited_for(runtime: Runtime) -> None:
+    """401 comes from the headers alone, with the connection to be closed after it
+    (aiohttp discards what is still coming for at most its lingering time)."""
+    config = gateway_config(http=HttpConfig(port=0, token=TOKEN))
+    async with running_gateway(config, runtime) as gateway:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.port)
+        try:
+            declared = 60 * 1024 * 1024
+            writer.write(
+                b"POST /v2/models/digits-small/infer HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {declared}\r\n\r\n".encode()
+                + b"{" * 4096
+            )
+            await writer.drain()
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+        finally:
+            writer.close()
+        assert head.startswith(b"HTTP/1.1 401 Unauthorized\r\n"), head
+        assert b"WWW-Authenticate: Bearer" in head
+        assert b"Connection: close" in head
+        # Still serving others.
+        assert (await ask(gateway.port, "GET", "/v2", authorization=f"Bearer {TOKEN}"))[0] == 200

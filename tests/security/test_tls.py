@@ -17,7 +17,14 @@ import aiohttp
 import numpy as np
 import pytest
 
-from mesh.config import BreakerConfig, GatewayClientConfig, HttpConfig, RuntimeConfig
+from mesh.config import (
+    BreakerConfig,
+    GatewayClientConfig,
+    HttpConfig,
+    RuntimeConfig,
+    load_gateway_config,
+    load_node_config,
+)
 from mesh.errors import ConfigError, Overloaded, PeerUnavailable
 from mesh.gateway.client import GatewayClient
 from mesh.runtime.runtime import Runtime
@@ -181,3 +188,78 @@ async def test_tls_settings_that_cannot_work_are_refused_at_start(
             gateway_config(http=HttpConfig(port=0, tls_cert=garbage, tls_key=cert.key))
         ):
             pass
+    # From flags, files that are no TLS material fail the start, naming the setting.
+    other = self_signed(tmp_path, "other")
+    with pytest.raises(ConfigError, match=r"tls_cert .* cannot be used .* private key"):
+        load_gateway_config(
+            {"port": "0", "tls_cert": str(cert.cert), "tls_key": str(other.key)}, {}
+        )
+    with pytest.raises(ConfigError, match=r"gateway_ca_file: .* holds no usable PEM certificate"):
+        load_node_config({"gateway": "https://127.0.0.1:1", "gateway_ca_file": str(garbage)}, {})
+    with pytest.raises(ConfigError, match=r"upstream_ca_file: .* is not a readable file"):
+        load_gateway_config(
+            {"upstream": "https://127.0.0.1:1", "upstream_ca_file": str(tmp_path / "nope")}, {}
+        )
+
+
+def test_every_credential_comes_from_flags_toml_or_the_environment(
+    cert: Certificate, tmp_path: Path
+) -> None:
+    token, token_path = token_file(tmp_path)
+    node = load_node_config(
+        {},
+        {
+            "EDGEMESH_HTTP_PORT": "0",
+            "EDGEMESH_HTTP_HOST": "127.0.0.2",
+            "EDGEMESH_HTTP_TOKEN_FILE": str(token_path),
+            "EDGEMESH_TLS_CERT": str(cert.cert),
+            "EDGEMESH_TLS_KEY": str(cert.key),
+            "EDGEMESH_GATEWAY": "https://127.0.0.1:8443",
+            "EDGEMESH_GATEWAY_TOKEN_FILE": str(token_path),
+            "EDGEMESH_GATEWAY_CA_FILE": str(cert.cert),
+        },
+    )
+    assert node.http == HttpConfig(
+        port=0, host="127.0.0.2", token=token, tls_cert=cert.cert, tls_key=cert.key
+    )
+    assert node.gateway is not None
+    assert (node.gateway.token, node.gateway.ca_file) == (token, cert.cert)
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(
+        f'http_token_file = "{token_path}"\ntls_cert = "{cert.cert}"\ntls_key = "{cert.key}"\n'
+        f'upstream = "https://127.0.0.1:9443"\nupstream_token_file = "{token_path}"\n'
+        f'upstream_ca_file = "{cert.cert}"\n'
+    )
+    gateway = load_gateway_config({}, {}, toml)
+    assert (gateway.http.token, gateway.http.tls_cert, gateway.http.tls_key) == (
+        token,
+        cert.cert,
+        cert.key,
+    )
+    assert gateway.upstream is not None
+    assert (gateway.upstream.token, gateway.upstream.ca_file) == (token, cert.cert)
+    assert token not in repr(node) + repr(gateway)
+
+
+async def test_a_forwarding_gateway_reaches_its_upstream_with_token_and_tls(
+    runtime: Runtime, cert: Certificate, tmp_path: Path, digits: Digits
+) -> None:
+    token, _ = token_file(tmp_path)
+    x = digits[0][:2].astype(np.float32)
+    back_config = gateway_config(name="back", http=tls_http(cert, token))
+    async with running_gateway(back_config, runtime) as back:
+        upstream = GatewayClientConfig(
+            url=f"https://127.0.0.1:{back.port}", token=token, ca_file=cert.cert
+        )
+        async with running_gateway(gateway_config(name="front", upstream=upstream)) as front:
+            async with GatewayClient(GatewayClientConfig(url=front.url)) as client:
+                out = await client.infer("digits-large", {"X": x})
+            assert out["label"].shape == (2,)
+        # Without the token, the front says the upstream refused it, not where it is.
+        refused = GatewayClientConfig(url=f"https://127.0.0.1:{back.port}", ca_file=cert.cert)
+        async with running_gateway(gateway_config(name="front", upstream=refused)) as front:
+            async with GatewayClient(GatewayClientConfig(url=front.url)) as client:
+                # 503 from the front, which a client hears as Overloaded, with the reason.
+                with pytest.raises(Overloaded, match="the upstream refused our cred") as no:
+                    await client.infer("digits-large", {"X": x})
+            assert str(back.port) not in no.value.message
