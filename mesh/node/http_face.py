@@ -15,7 +15,7 @@ from mesh.service import Answer, EdgemeshServer
 if TYPE_CHECKING:  # the node imports this module; only types flow back
     from mesh.node.node import Node
 
-__all__ = ["NodeHttpFace", "claim_ports"]
+__all__ = ["NodeHttpFace", "claim_ports", "http_status"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +73,15 @@ def claim_ports(config: NodeConfig) -> list[socket.socket]:
         rpc_sock.close()
         raise
     return [rpc_sock, http_sock]
+
+
+def http_status(config: NodeConfig, port: int | None) -> dict[str, Any]:
+    """The HTTP API in the node's ``status()``: where it listens and what it asks for."""
+    if port is None:
+        return {"port": None}
+    return {
+        "port": port,
+        "host": config.http_bind()[0],
+        "tls": config.http.tls_cert is not None,
+        "token": config.http.token is not None,
+    }

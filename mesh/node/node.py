@@ -53,7 +53,7 @@ from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.escalation import JointInference, manifest_rules, rules_by_model
-from mesh.node.http_face import NodeHttpFace, claim_ports
+from mesh.node.http_face import NodeHttpFace, claim_ports, http_status
 from mesh.node.membership import MeshMembership, SelfInfo
 from mesh.node.model_store import ModelStore
 from mesh.node.model_transfer import ModelTransfer, node_transfer
@@ -495,7 +495,7 @@ class Node:
                 "port": None if server is None else server.bound_port,
                 "connections": 0 if server is None else server.connections,
             },
-            "http": {"port": self.http_port},
+            "http": http_status(self.config, self.http_port),
             "gateway": None if self._gateway is None else self._gateway.status(),
             "routing": {} if self._fallback is None else self._fallback.status(),
             "escalation": {} if self._joint is None else self._joint.status(),

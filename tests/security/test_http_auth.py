@@ -133,6 +133,12 @@ async def test_the_gateway_wants_its_bearer_token(runtime: Runtime, digits: Digi
 async def test_a_node_wants_its_bearer_token(digits: Digits) -> None:
     async with running_node(node_config(http=HttpConfig(port=0, token=TOKEN))) as node:
         assert node.http_port is not None
+        assert node.status()["http"] == {
+            "port": node.http_port,
+            "host": "127.0.0.1",
+            "tls": False,
+            "token": True,
+        }
         await check_token_rules(node.http_port, digits[0][:2].astype(np.float32))
 
 

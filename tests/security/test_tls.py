@@ -102,6 +102,7 @@ async def test_a_node_serves_https_with_a_token(
 ) -> None:
     token, _ = token_file(tmp_path)
     async with running_node(node_config(http=tls_http(cert, token))) as node:
+        assert node.status()["http"]["tls"] is True
         url = f"https://127.0.0.1:{node.http_port}/v2/models/digits-small"
         assert (await get(url, cert.cert))[0] == 401
         assert (await get(url, cert.cert, Authorization=f"Bearer {token}"))[0] == 200
