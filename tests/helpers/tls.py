@@ -27,8 +27,10 @@ class Certificate:
     key: Path
 
 
-def self_signed(directory: Path, name: str = "edgemesh-test") -> Certificate:
-    """A certificate for 127.0.0.1 and localhost, valid for a day, that signs itself."""
+def self_signed(
+    directory: Path, name: str = "edgemesh-test", ips: tuple[str, ...] = ("127.0.0.1",)
+) -> Certificate:
+    """A certificate for ``ips`` and localhost, valid for a day, that signs itself."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -42,7 +44,10 @@ def self_signed(directory: Path, name: str = "edgemesh-test") -> Certificate:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+                [
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                    x509.DNSName("localhost"),
+                ]
             ),
             critical=False,
         )
