@@ -66,6 +66,11 @@ def add_client_commands(commands: Any) -> None:
         help="for a model with an escalation rule: escalate the rows whose top probability "
         "is below P instead of the rule's threshold (0: none; above 1: all)",
     )
+    infer.add_argument(
+        "--version",
+        metavar="VERSION",
+        help="run this version of the model and no other (default: the newest in the mesh)",
+    )
     infer.add_argument("--json", action="store_true", help="print the outputs as JSON")
     infer.set_defaults(command="infer", handler=_cmd_infer)
 
@@ -349,6 +354,7 @@ def _cmd_infer(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                 deadline=args.deadline,
                 escalate=args.escalate,
                 escalate_threshold=args.escalate_threshold,
+                version=args.version,
             )
 
     outputs = asyncio.run(run())
