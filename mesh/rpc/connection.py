@@ -171,6 +171,13 @@ class RpcConnection(asyncio.Protocol):
         return self._handshake is not None and self._handshake.session.by_client_key
 
     @property
+    def unparsed_bytes(self) -> int:
+        """Bytes received and not yet parsed into messages: a message still
+        arriving, and on a sealed link a frame still arriving too."""
+        opener = self._opener
+        return self._framing.buffered + (0 if opener is None else opener.buffered)
+
+    @property
     def sealed(self) -> bool:
         """Whether frames on this link are sealed now."""
         return self._sealed is not None
@@ -461,6 +468,13 @@ class RpcConnection(asyncio.Protocol):
             if small:
                 transport.write(b"".join(small))
         outbox.clear()
+
+    def _wire(self, data: bytes) -> bytes:
+        """``data`` as it goes on the wire now: one sealed frame on a sealed link.
+        For a last word written past the outbox (see RpcServer's expel)."""
+        if self._sealed is None:
+            return data
+        return self._sealed.frame(data)
 
     def _respond(self, msgid: int, result: Any) -> None:
         try:

@@ -59,6 +59,11 @@ class SealedLink:
             written += self._write(transport, b"".join(small) if len(small) > 1 else small[0])
         return written
 
+    def frame(self, plaintext: bytes) -> bytes:
+        """``plaintext`` as one sealed frame, to be written by the caller (next, in order)."""
+        header, body = self._sealer.seal(plaintext)
+        return header + body
+
     def _write(self, transport: asyncio.Transport, plaintext: bytes) -> int:
         header, body = self._sealer.seal(plaintext)
         if len(body) < _OWN_FRAME:

@@ -273,7 +273,7 @@ class _ServedConnection(RpcConnection):
         self._close_reason = error
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            transport.write(self._framing.notification(ERROR_NOTICE, error.to_wire()))
+            transport.write(self._wire(self._framing.notification(ERROR_NOTICE, error.to_wire())))
         self.abort()
 
     def expired(self, now: float) -> str | None:
@@ -291,8 +291,10 @@ class _ServedConnection(RpcConnection):
             self.expel(PeerUnavailable(f"idle for {config.idle_timeout_s:g} s; closing"))
             return "idle"
         framing = self._framing
-        if framing.buffered == 0 or framing.messages != self._arriving_after:
-            self._arriving_since = now if framing.buffered else None
+        # (On a sealed link a frame still arriving counts as a message arriving.)
+        arriving = self.unparsed_bytes
+        if arriving == 0 or framing.messages != self._arriving_after:
+            self._arriving_since = now if arriving else None
             self._arriving_after = framing.messages
         elif self._arriving_since is None:
             self._arriving_since = now
@@ -309,7 +311,7 @@ class _ServedConnection(RpcConnection):
         super().data_received(data)
         # A message still arriving holds its bytes too; past the budget, the
         # connection that would grow it is the one let go.
-        pending = 0 if self.closed else self._framing.buffered
+        pending = 0 if self.closed else self.unparsed_bytes
         if pending != self._partial_held:
             budget = self._server.budget
             budget.give_back(self._partial_held)

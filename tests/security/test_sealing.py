@@ -117,11 +117,13 @@ def echo(_: RpcConnection, params: list[Any]) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def serving(key: bytes | None = KEY) -> AsyncIterator[RpcServer]:
+async def serving(
+    key: bytes | None = KEY, config: RpcConfig | None = None
+) -> AsyncIterator[RpcServer]:
     server = RpcServer(
         host="127.0.0.1",
         port=0,
-        config=RpcConfig(),
+        config=config or RpcConfig(),
         methods=Methods(inline={"echo": echo}),
         key=key,
         hello_info=lambda: {"name": "sealing-test"},
@@ -251,3 +253,26 @@ async def test_stealing_between_nodes_and_sdk_calls_work_over_sealed_links() -> 
                 assert served, "no peer link reached this node"
                 assert all(c.sealed for c in served)
                 assert all(c.role == auth.NODE for c in served if c.peer_name)
+
+
+async def test_a_sealed_frame_still_arriving_counts_against_the_byte_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A key holder cannot dodge the node's memory budget by sealing: the
+    frame it is sending counts as it arrives, and the node's refusal comes
+    sealed, so the client can read it."""
+    caplog.set_level(logging.WARNING)
+    config = RpcConfig(max_bytes_in_flight=1_000_000)
+    async with (
+        serving(config=config) as server,
+        RpcClient("127.0.0.1", port(server), key=KEY) as client,
+    ):
+        connection = client.connection
+        assert connection.sealed
+        frame = connection._wire(b"\x00" * 2_000_000)
+        transport = connection._transport
+        assert transport is not None
+        transport.write(frame[:1_500_000])  # never finished
+        async with asyncio.timeout(10):
+            await connection.wait_closed()
+    assert any("reports: Overloaded" in r.getMessage() for r in caplog.records)
