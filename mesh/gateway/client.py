@@ -62,7 +62,7 @@ from mesh.gateway.replies import (
     status_error,
     transport_reason,
 )
-from mesh.http.security import client_tls_context
+from mesh.gateway.session import new_session, tls_for
 
 __all__ = ["BINARY_HEADER", "GatewayClient"]
 
@@ -97,18 +97,7 @@ class GatewayClient:
         if config.max_in_flight < 1:
             raise ConfigError(f"gateway max_in_flight must be >= 1, got {config.max_in_flight!r}")
         self.config = config
-        self._tls = None
-        if self.url.startswith("https://"):
-            self._tls = client_tls_context(config.ca_file)
-        elif config.ca_file is not None:
-            raise ConfigError(f"a CA file is only for an https:// URL; {label} is {self.url}")
-        elif config.token is not None:
-            log.warning(
-                "%s %s is plain http: its token crosses the network readable by anyone; "
-                "use https://",
-                label,
-                self.url,
-            )
+        self._tls = tls_for(self.url, config, label)
         self._breaker = CircuitBreaker(config.breaker)
         self._session: aiohttp.ClientSession | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -131,19 +120,7 @@ class GatewayClient:
             raise RuntimeError("GatewayClient is already open")
         stack = contextlib.AsyncExitStack()
         try:
-            self._session = await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(
-                        limit=self.config.max_in_flight,
-                        ssl=True if self._tls is None else self._tls,
-                    ),
-                    # On every request: infer, metadata, the index and the probes.
-                    headers=_credentials(self.config.token),
-                    # Each call sets its own limit with asyncio.timeout.
-                    timeout=aiohttp.ClientTimeout(total=None),
-                    raise_for_status=False,
-                )
-            )
+            self._session = await stack.enter_async_context(new_session(self.config, self._tls))
             tasks = await stack.enter_async_context(asyncio.TaskGroup())
             self._probe_task = tasks.create_task(self._probe_loop(), name="gateway-probe")
         except BaseException:
@@ -508,7 +485,3 @@ class GatewayClient:
     @staticmethod
     def _now() -> float:
         return asyncio.get_running_loop().time()
-
-
-def _credentials(token: str | None) -> dict[str, str]:
-    return {} if token is None else {"Authorization": f"Bearer {token}"}
