@@ -121,6 +121,8 @@ class ModelStore:
         self._tracked: dict[Path, _Tracked] = {}
         # Files that failed to load, until they change (no error every scan).
         self._failed: dict[Path, _Stat] = {}
+        # For status(): reloads done, versions added and retired, files refused.
+        self.counters = {"reloads": 0, "added": 0, "retired": 0, "load_failures": 0}
         self._retiring: list[LoadedModel] = []
         for spec in runtime.specs():
             model = runtime.loaded(spec.sha256)
@@ -148,6 +150,21 @@ class ModelStore:
         """Versions that take no new requests but still run what they were given."""
         return self._runtime.retired()
 
+    def status(self) -> dict[str, Any]:
+        """Versions served and retiring, the reload interval and counters, for ``status()``."""
+        versions: dict[str, list[str]] = {}
+        for spec in self._runtime.specs():
+            versions.setdefault(spec.name, []).append(spec.version)
+        return {
+            "versions": versions,
+            "retiring": [
+                {"name": s.name, "version": s.version, "sha256": s.sha256}
+                for s in self._runtime.retired()
+            ],
+            "reload_interval_s": self._interval_s,
+            **self.counters,
+        }
+
     def file_of(self, sha256: str) -> Path | None:
         """The on-disk file of a version this node serves with this sha256; None if none."""
         for spec in self._runtime.specs():
@@ -169,6 +186,8 @@ class ModelStore:
             known = {**self._failed, **{path: t.stat for path, t in self._tracked.items()}}
             scan = await asyncio.to_thread(_scan, self._config, known, self._sha_of)
             report = self._apply(scan)
+            self.counters["reloads"] += 1
+            self.counters["load_failures"] += len(report.failed)
         for spec in report.added:
             log.info("reload: serving %s version %s (%s)", spec.name, spec.version, spec.sha256)
         for spec in report.retired:
@@ -222,8 +241,10 @@ class ModelStore:
         model = await asyncio.to_thread(self._place, path, dest, name, label, sha256)
         self._tracked[_key(dest)] = _Tracked(_stat(dest), model)
         displaced = self._runtime.add(model)
+        self.counters["added"] += 1
         if displaced is not None:
             self._retire(displaced)
+            self.counters["retired"] += 1
         self._on_change()
         log.info("installed %s version %s (%s) at %s", name, label, sha256, dest)
         return model.spec
@@ -289,6 +310,8 @@ class ModelStore:
             retired += self._retire_tracked(path)
         if added or retired:
             self._on_change()
+        self.counters["added"] += len(added)
+        self.counters["retired"] += len(retired)
         return ReloadReport(tuple(added), tuple(retired), tuple(scan.failed))
 
     def _retire_tracked(self, path: Path) -> list[ModelSpec]:

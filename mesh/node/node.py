@@ -509,6 +509,7 @@ class Node:
             else self.config.work.emulation.to_status(),
             "steal_activity": {} if self._work is None else self._work.scheduler.peer_activity(),
             "transfer": {} if self._transfer is None else self._transfer.status(),
+            "model_store": {} if self._store is None else self._store.status(),
         }
 
     # --- what both front ends (RPC and HTTP) serve -------------------------------

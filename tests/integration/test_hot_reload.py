@@ -172,3 +172,7 @@ async def test_a_reload_asked_for_over_rpc_says_what_changed(tmp_path: Path) -> 
         assert [(m["name"], m["version"]) for m in reply[3]["added"]] == [("m", "7")]
         assert reply[3]["retired"] == [] and reply[3]["failed"] == []
         assert node.runtime.spec("m").version == "7"
+        store = node.status()["model_store"]
+        assert store["versions"] == {"m": ["1", "7"]}
+        assert (store["reloads"], store["added"], store["retired"]) == (1, 1, 0)
+        assert store["reload_interval_s"] == 0
