@@ -65,6 +65,7 @@ from mesh.core.wire.handover import (
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import Draining, Forbidden, InternalError, MeshError
 from mesh.log_once import WarnOnce
+from mesh.node.early_results import EarlyResults
 from mesh.node.local_runs import LocalRuns
 from mesh.node.model_store import shas_by_name
 from mesh.rpc import RpcConnection
@@ -115,6 +116,8 @@ class WorkSharing:
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._warn_once = WarnOnce(log)
+        # Results that beat the hand-off naming their sender (see early_results).
+        self._early = EarlyResults()
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -266,6 +269,11 @@ class WorkSharing:
         if notice.ran_on != sender:
             self._refuse(connection, f"a result that says it ran on {notice.ran_on!r}")
             return
+        holder = self.scheduler.holder(notice.seq, notice.epoch)
+        if holder is not None and holder != sender:
+            # Its hand-off may still be on the way over the holder's link.
+            self._early.keep(notice.seq, notice.epoch, sender, notice.outcome)
+            return
         self._do(
             self.scheduler.result(notice.seq, notice.epoch, self._now(), sender),
             outcome=notice.outcome,
@@ -287,6 +295,14 @@ class WorkSharing:
             sender=connection.peer_name,
         )
         self._rearm()
+        if self.scheduler.holder(notice.seq, notice.epoch) == notice.holder:
+            early = self._early.take(notice.seq, notice.epoch, notice.holder)
+            if early is not None:
+                self._do(
+                    self.scheduler.result(notice.seq, notice.epoch, self._now(), notice.holder),
+                    outcome=early,
+                    ran_on=notice.holder,
+                )
 
     def on_cancel(self, connection: RpcConnection, params: list[Any]) -> None:
         """``cancel``: an owner no longer wants a request we hold."""

@@ -135,3 +135,38 @@ async def test_a_node_that_does_not_hold_a_request_cannot_answer_it() -> None:
             answers = await asyncio.gather(*calls)
     assert [answer.ran_on for answer in answers] == ["owner"] * REQUESTS
     assert counters(owner)["served_remote"] == 0
+
+
+async def test_a_result_that_beats_its_handoff_counts_once_the_handoff_names_its_sender() -> None:
+    """The race binding must not break: Y stole from X and answered before
+    X's hand-off reached the owner. Y's result waits for that hand-off; one
+    for any other holder makes it worthless, and a made-up one never counts."""
+    async with (
+        running_node(slow_owner()) as owner,
+        MeshClient(f"127.0.0.1:{owner.port}", mesh_key=KEY) as victim,
+    ):
+        calls = await queue_burst(owner, victim)
+        x = RpcClient("127.0.0.1", owner.port, key=KEY, role="node", name="x")
+        y = RpcClient("127.0.0.1", owner.port, key=KEY, role="node", name="y")
+        async with x, y:
+            jobs, _ = parse_grant(await x.call("steal", [steal_ask(owner, "x")]), 0.0)
+            assert len(jobs) >= 2, "the slow owner granted too little to steal"
+            first, second, *rest = jobs
+            for job in (first, second):
+                y.connection.notify("result", forged_result(owner, job.key[1], job.epoch, "y"))
+            assert await y.call("ping", []) == "pong"  # both results are in
+            # X hands the first to Y (Y's early result counts) and the second to z.
+            for job, to in ((first, "y"), (second, "z")):
+                x.connection.notify("handoff", [owner.id, job.key[1], job.epoch, to, 5.0])
+            assert await x.call("ping", []) == "pong"
+            # X gives the rest back unrun; z never answers, so the owner takes
+            # the second back when z's lease ends: give it back from z's name instead.
+            for job in rest:
+                x.connection.notify("giveback", [owner.id, job.key[1], job.epoch, "x"])
+            async with RpcClient("127.0.0.1", owner.port, key=KEY, role="node", name="z") as z:
+                z.connection.notify("giveback", [owner.id, second.key[1], second.epoch, "z"])
+                assert await z.call("ping", []) == "pong"
+            answers = await asyncio.gather(*calls)
+    ran_on = sorted(answer.ran_on for answer in answers)
+    assert ran_on == sorted(["y"] + ["owner"] * (REQUESTS - 1))
+    assert counters(owner)["served_remote"] == 1

@@ -193,6 +193,11 @@ class Scheduler(SchedulerParts[P]):
         self.counters["served_remote"] += 1
         return [Reply(seq)]
 
+    def holder(self, seq: int, epoch: int) -> str | None:
+        """The peer holding our request ``seq`` at ``epoch``; None when none does."""
+        owned = self._ledger.away(seq, epoch)
+        return None if owned is None else owned.holder
+
     def handoff(
         self,
         seq: int,
