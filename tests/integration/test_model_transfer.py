@@ -133,6 +133,19 @@ async def test_a_pulled_model_is_the_holders_byte_for_byte_and_answers_alike(
         assert puller.status()["transfer"]["pulled"] == 2
 
 
+async def test_pulls_of_one_model_at_once_share_one_copy(tmp_path: Path) -> None:
+    async with mesh(tmp_path, {"holder": ["cnn-heavy"], "puller": ["digits-small"]}) as n:
+        sha = n["holder"].runtime.spec("cnn-heavy").sha256
+        reports = await asyncio.gather(
+            *(rpc(n["puller"], PULL, ModelRef("cnn-heavy").to_params()) for _ in range(3))
+        )
+        assert {r["sha256"] for r in reports} == {sha}
+        assert {r["source"] for r in reports} <= {"holder", None}
+        assert n["puller"].status()["transfer"]["pulled"] == 1
+        versions = [s for s in n["puller"].model_store.holding() if s.name == "cnn-heavy"]
+        assert len(versions) == 1
+
+
 @pytest.mark.parametrize("fault", ["overwritten", "truncated"])
 async def test_a_corrupted_copy_is_refused_and_fetched_from_a_healthy_holder(
     tmp_path: Path, fault: str
