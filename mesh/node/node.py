@@ -537,5 +537,5 @@ class Node:
             holders=self._sharing.scheduler.holders(name),
             link=self._link,
             gateway=self._gateway,
-            versions=self._sharing.mesh_versions(name),
+            versions=self._sharing.versions.labels(name),
         )

@@ -22,8 +22,7 @@ from typing import Any
 
 from mesh.config import Emulation
 from mesh.core.membership.gossip import Holding
-from mesh.core.membership.peers import Load, ModelHolding
-from mesh.core.models.versions import Version, choose_version, version_key
+from mesh.core.membership.peers import Load
 from mesh.core.policy.capacity import Placement
 from mesh.core.scheduling.emulation import EmulatedDevice
 from mesh.core.scheduling.jobs import (
@@ -68,6 +67,7 @@ from mesh.log_once import WarnOnce
 from mesh.node.early_results import EarlyResults
 from mesh.node.local_runs import LocalRuns
 from mesh.node.model_store import shas_by_name
+from mesh.node.versions import MeshVersions
 from mesh.rpc import RpcConnection
 from mesh.runtime.runtime import Runtime
 from mesh.service import Answer
@@ -105,8 +105,8 @@ class WorkSharing:
         )
         self._link = link
         models = shas_by_name(runtime.specs())
-        # Each live peer's versions (name, label, sha256), as its gossip said.
-        self._peer_versions: dict[str, tuple[ModelHolding, ...]] = {}
+        # The versions here and on live peers: which one each request gets.
+        self.versions = MeshVersions(runtime)
         self.scheduler: Scheduler[Tensors] = Scheduler(
             node_id=node_id, name=name, models=models, config=config, rng=rng
         )
@@ -184,34 +184,9 @@ class WorkSharing:
         return placement
 
     def resolve(self, model: str, version: str | None) -> str | None:
-        """The sha256 of the version of ``model`` a request gets (``version``,
-        else the newest), among this node's versions and its live peers'.
-
-        None when no node in the mesh has ``model`` (the scheduler or the
-        gateway then says what to do). ModelNotFound naming the versions
-        served when ``version`` is not one of them.
-        """
-        held = [Version(s.version, s.sha256) for s in self._runtime.versions(model)]
-        held += [
-            Version(h.version, h.sha256)
-            for holdings in self._peer_versions.values()
-            for h in holdings
-            if h.name == model and h.version is not None
-        ]
-        if not held:
-            return None
-        return choose_version(model, held, version).sha256
-
-    def mesh_versions(self, model: str) -> list[str]:
-        """The labels of every version of ``model`` served here or on a live peer, oldest first."""
-        labels = {s.version for s in self._runtime.versions(model)}
-        labels |= {
-            h.version
-            for holdings in self._peer_versions.values()
-            for h in holdings
-            if h.name == model and h.version is not None
-        }
-        return sorted(labels, key=version_key)
+        """The sha256 of the version of ``model`` a request gets (see
+        :meth:`MeshVersions.resolve`)."""
+        return self.versions.resolve(model, version)
 
     async def infer(self, request: InferRequest) -> Answer:
         """Own ``request`` until it is answered: here, by a thief, or with an error."""
@@ -339,7 +314,7 @@ class WorkSharing:
 
     def on_peer_load(self, name: str, load: Load) -> None:
         """A peer's gossip (from membership)."""
-        self._peer_versions[name] = load.models
+        self.versions.peer(name, load.models)
         peer = PeerLoad(
             models=shas_by_name(load.models),
             service_s=load.service_s,
@@ -359,7 +334,7 @@ class WorkSharing:
 
     def on_peer_gone(self, name: str) -> None:
         """A peer died or restarted (from membership)."""
-        self._peer_versions.pop(name, None)
+        self.versions.peer_gone(name)
         self._do(self.scheduler.peer_lost(name, self._now()))
 
     # --- versions coming and going (from the model store) -------------------------------
@@ -370,6 +345,7 @@ class WorkSharing:
 
     def models_changed(self) -> None:
         """The runtime's versions changed: serve, advertise and run what it now has."""
+        self.versions.changed()
         self.scheduler.set_models(
             shas_by_name(self._runtime.specs()), shas_by_name(self._runtime.retired())
         )

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from mesh.config import RuntimeConfig
+from mesh.core.membership.peers import ModelHolding
 from mesh.errors import ModelError, ModelIntegrityError, ModelNotFound
 from mesh.node.model_store import ModelStore
+from mesh.node.versions import MeshVersions
 from mesh.runtime.runtime import Runtime
 from tests.helpers.tiny_models import INPUT, OUTPUT, constant_model_bytes, write_constant_model
 
@@ -154,5 +156,26 @@ async def test_reload_adds_replaces_removes_and_keeps_a_version_that_fails(
         assert "n" not in rt and list(rt.names) == ["m"]
         with pytest.raises(ModelNotFound):
             await answer(rt, "n")
+    finally:
+        await rt.aclose()
+
+
+async def test_the_version_a_request_gets_follows_the_peers(tmp_path: Path) -> None:
+    write_constant_model(tmp_path / "m.onnx", 1.0)
+    rt = Runtime(config(tmp_path))
+    try:
+        versions = MeshVersions(rt)
+        mine = rt.spec("m").sha256
+        theirs = "b2" * 32
+        assert versions.resolve("m", None) == mine
+        versions.peer("b", (ModelHolding("m", theirs, "2"), ModelHolding("m", "c3" * 32)))
+        assert versions.resolve("m", None) == theirs  # newer, on a peer
+        assert versions.resolve("m", "1") == mine
+        assert versions.labels("m") == ["1", "2"]  # an unlabelled holding counts for none
+        versions.peer_gone("b")
+        assert versions.resolve("m", None) == mine
+        assert versions.resolve("nobody-has-it", None) is None
+        with pytest.raises(ModelNotFound, match="versions served: '1'"):
+            versions.resolve("m", "2")
     finally:
         await rt.aclose()

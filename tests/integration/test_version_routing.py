@@ -59,7 +59,7 @@ async def mesh(dirs: Sequence[Path], service_ms: float = 10.0) -> AsyncIterator[
         # Converged links; gossip of each other's versions follows within a period or two.
         async with asyncio.timeout(10):
             while True:
-                if all(n.work.mesh_versions("m") == all_versions(nodes) for n in nodes):
+                if all(n.work.versions.labels("m") == all_versions(nodes) for n in nodes):
                     break
                 await asyncio.sleep(0.02)
         yield nodes
