@@ -276,3 +276,26 @@ async def test_a_sealed_frame_still_arriving_counts_against_the_byte_budget(
         async with asyncio.timeout(10):
             await connection.wait_closed()
     assert any("reports: Overloaded" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("suite", ["aes-256-gcm", "chacha20-poly1305"])
+async def test_many_calls_of_every_size_cross_a_sealed_link_intact(
+    suite: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small messages share frames, big ones get their own, both directions,
+    many in flight: every answer comes back whole, with either suite."""
+    # A client that offers only one suite gets that one.
+    monkeypatch.setattr(auth, "SEAL_SUITES", (suite,))
+    rng = np.random.default_rng(19)
+    sizes = [int(size) for size in rng.choice([0, 1, 200, 5_000, 70_000, 300_000, 1_500_000], 120)]
+    blobs = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
+    async with (
+        serving() as server,
+        RpcClient("127.0.0.1", port(server), key=KEY) as client,
+    ):
+        assert client.connection.sealed
+        served = next(iter(server._connections))
+        assert served._handshake is not None
+        assert served._handshake.session.seal == suite
+        answers = await asyncio.gather(*(client.call("echo", [blob]) for blob in blobs))
+    assert answers == blobs
