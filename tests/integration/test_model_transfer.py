@@ -3,7 +3,8 @@
 Real nodes in one event loop on 127.0.0.1, each serving its own temporary
 model directory (copies of the bundled models) with its reload interval off,
 so that a file changed on disk under a holder keeps being advertised and
-served as the version it loaded: the real fault a puller must catch.
+served as the version it loaded: the real fault a puller must catch. The
+other fault is a holder that dies (as SIGKILL would) in the middle of a copy.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mesh.errors import ModelIntegrityError, ModelNotFound, ModelTransferFailed
 from mesh.node.node import Node
 from mesh.rpc import RpcClient
 from tests.helpers import MODELS_DIR, REPO
-from tests.helpers.nodes import converged, node_config, running_node
+from tests.helpers.nodes import converged, crash, node_config, running_node
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -173,6 +174,82 @@ async def test_a_corrupted_copy_is_refused_and_fetched_from_a_healthy_holder(
         assert path is not None and sha_of(path) == sha
         assert n["b-puller"].status()["transfer"]["copies_rejected"] == 1
         assert not list((tmp_path / "b-puller").rglob("*.part"))
+
+
+def write_big_model(path: Path, side: int = 2560) -> None:
+    """A MatMul model with random float32 weights: side x side x 4 bytes (25 MiB by default)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.random.default_rng(1).standard_normal((side, side), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "big",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, side])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, side])],
+        [numpy_helper.from_array(weights, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+def started_writing(directory: Path) -> bool:
+    """Whether a temporary copy in ``directory`` holds any bytes yet."""
+    for part in directory.glob("*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_size > 0:
+                return True
+    return False
+
+
+async def test_a_holder_that_dies_mid_copy_is_replaced_by_the_next(tmp_path: Path) -> None:
+    write_big_model(tmp_path / "big.onnx")
+    layout = ("a-dies", "b-puller", "c-good")
+    for holder in ("a-dies", "c-good"):
+        (tmp_path / holder).mkdir()
+        shutil.copy(tmp_path / "big.onnx", tmp_path / holder / "big.onnx")
+    async with contextlib.AsyncExitStack() as stack:
+        nodes: dict[str, Node] = {}
+        for name in layout:
+            first = next(iter(nodes.values()), None)
+            models = tmp_path / name
+            if name == "b-puller":
+                models = model_dir(tmp_path / "puller-root", name, ["digits-small"])
+            config = node_config(
+                name=name,
+                mesh=MeshConfig(
+                    mdns=False,
+                    peers=() if first is None else (f"127.0.0.1:{first.port}",),
+                    gossip_interval_s=0.05,
+                ),
+                runtime=RuntimeConfig(
+                    model_dirs=(models,),
+                    per_model_concurrency=1,
+                    executor_threads=1,
+                    reload_interval_s=0.0,
+                ),
+            )
+            nodes[name] = await stack.enter_async_context(running_node(config))
+        await converged(list(nodes.values()))
+        puller = nodes["b-puller"]
+        pull = asyncio.ensure_future(puller.transfer.pull(ModelRef("big")))
+        stack.callback(pull.cancel)  # (a no-op once it is done)
+        incoming = tmp_path / "puller-root" / "b-puller"
+        # A real fault: the holder being copied from dies (as SIGKILL would)
+        # once its first chunk has landed, and the copy goes on elsewhere.
+        async with asyncio.timeout(20):
+            while not started_writing(incoming):
+                assert not pull.done(), "the copy ended before the holder could die"
+                await asyncio.sleep(0.001)
+        await crash(nodes["a-dies"])
+        report = await pull
+        assert report.source == "c-good"
+        assert [peer for peer, _ in report.rejected] == ["a-dies"]
+        assert report.rejected[0][1].startswith(("PeerUnavailable", "RpcTimeout")), report
+        path = puller.model_store.file_of(sha_of(tmp_path / "big.onnx"))
+        assert path is not None and sha_of(path) == sha_of(tmp_path / "big.onnx")
+        assert not list(incoming.rglob("*.part"))
 
 
 async def test_no_holder_and_no_good_holder_are_typed_errors(tmp_path: Path) -> None:
