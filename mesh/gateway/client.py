@@ -190,8 +190,9 @@ class GatewayClient:
         *,
         deadline_s: float | None = None,
         request_id: str | None = None,
+        version: str | None = None,
     ) -> Tensors:
-        """Run ``model`` on the gateway; outputs keyed by name.
+        """Run ``model`` (``version`` of it, when given) on the gateway; outputs keyed by name.
 
         Waits at most ``deadline_s`` (default: the config's ``timeout_s``).
         Raises PeerUnavailable (circuit open, no connection), Overloaded (503,
@@ -215,7 +216,11 @@ class GatewayClient:
                 "Content-Type": "application/octet-stream",
                 BINARY_HEADER: str(header_length),
             }
-        path = f"/v2/models/{quote(model, safe='')}/infer"
+        path = f"/v2/models/{quote(model, safe='')}"
+        if version is not None:
+            # A pinned version runs as that version there too, or not at all.
+            path += f"/versions/{quote(version, safe='')}"
+        path += "/infer"
         reply = await self._send(
             "POST", path, limit, data=body, headers=headers, budget_s=started_limit
         )

@@ -47,6 +47,7 @@ class Gateway(Protocol):
         *,
         deadline_s: float | None,
         request_id: str | None,
+        version: str | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]: ...
 
 
@@ -121,13 +122,19 @@ class Fallback:
                 request.inputs,
                 deadline_s=None if request.deadline_ms is None else request.deadline_ms / 1000,
                 request_id=request.request_id,
+                version=request.version,
             )
         except InvalidInput:
             raise  # the client's inputs, not the gateway's health
         except ModelNotFound:
             if placement.no_holder:
                 # Not the gateway's URL: this goes to clients (issue 19).
-                raise ModelNotFound(f"{placement.reason}, and neither does the gateway") from None
+                gateway_too = (
+                    "neither does the gateway"
+                    if request.version is None
+                    else f"the gateway does not serve version '{request.version}' of it"
+                )
+                raise ModelNotFound(f"{placement.reason}, and {gateway_too}") from None
             raise
         except MeshError as exc:
             # Whatever went wrong at the gateway (down, circuit open, busy,

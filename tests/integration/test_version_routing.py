@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mesh.config import Emulation, MeshConfig, RuntimeConfig, WorkConfig
+from mesh.config import Emulation, GatewayClientConfig, MeshConfig, RuntimeConfig, WorkConfig
 from mesh.errors import ModelNotFound
 from mesh.node.node import Node
 from mesh.sdk.client import MeshClient
+from tests.helpers.gateway import gateway_config, running_gateway
 from tests.helpers.nodes import converged, node_config, running_node
 from tests.helpers.tiny_models import INPUT, OUTPUT, write_constant_model
 
@@ -103,3 +104,23 @@ async def test_stealing_moves_a_request_only_to_a_holder_of_its_sha256(tmp_path:
             else:
                 assert where == {"n0": 30}
         assert b.status()["counters"]["served"] == 0  # b owns none: it only ran stolen work
+
+
+async def test_a_pinned_version_the_mesh_lacks_runs_as_that_version_on_the_gateway(
+    tmp_path: Path,
+) -> None:
+    cloud = versions_dir(tmp_path, "cloud", [1, 2])
+    edge = tmp_path / "edge"
+    edge.mkdir()
+    gateway_runtime = RuntimeConfig(model_dirs=(cloud,), executor_threads=1)
+    async with running_gateway(gateway_config(runtime=gateway_runtime)) as gateway:
+        config = node_config(
+            runtime=RuntimeConfig(model_dirs=(edge,), executor_threads=1, reload_interval_s=0),
+            gateway=GatewayClientConfig(url=gateway.url),
+        )
+        async with running_node(config) as node, MeshClient(f"127.0.0.1:{node.port}") as client:
+            for version, value in (("1", 1.0), ("2", 2.0), (None, 2.0)):
+                out = await client.infer("m", X, version=version)
+                assert (float(out[OUTPUT][0, 0]), out.ran_on) == (value, "gateway")
+            with pytest.raises(ModelNotFound, match="the gateway does not serve version '7' of it"):
+                await client.infer("m", X, version="7")
