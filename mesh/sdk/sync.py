@@ -46,6 +46,7 @@ class Client:
         connect_timeout: float = 5.0,
         heartbeat: float | None = 3.0,
         max_message_bytes: int | None = None,
+        seal: bool = True,
     ) -> None:
         async def make() -> MeshClient:
             return MeshClient(
@@ -55,6 +56,7 @@ class Client:
                 connect_timeout=connect_timeout,
                 heartbeat=heartbeat,
                 max_message_bytes=max_message_bytes,
+                seal=seal,
             )
 
         self._start(make)

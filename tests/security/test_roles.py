@@ -8,6 +8,7 @@ transcript that binds a role into both proofs is checked in memory.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mesh.errors import AuthError, BadRequest, ConfigError, Forbidden
 from mesh.node.node import Node
 from mesh.rpc import RpcClient
 from mesh.sdk.client import MeshClient
+from mesh.sdk.sync import Client
 from tests.helpers.nodes import node_config, running_node
 from tests.helpers.raw_rpc import RawConnection
 
@@ -205,3 +207,16 @@ def test_a_client_key_file_is_read_checked_and_needs_a_mesh_key(tmp_path: Path) 
         load_node_config({"client_key_file": str(client_file)}, {})
     with pytest.raises(ConfigError, match="holds the mesh key itself"):
         load_node_config({"mesh_key_file": str(mesh_file), "client_key_file": str(mesh_file)}, {})
+
+
+async def test_the_blocking_client_uses_a_client_key_over_a_sealed_link() -> None:
+    config = node_config(mesh_key=KEY, client_key=CLIENT_KEY)
+    async with running_node(config) as node:
+
+        def use(seal: bool) -> str:
+            with Client(f"127.0.0.1:{node.port}", mesh_key=CLIENT_KEY, seal=seal) as client:
+                answer = client.infer("digits-small", {"X": np.zeros((1, 64), np.float32)})
+                return answer.ran_on
+
+        assert await asyncio.to_thread(use, True) == node.config.name
+        assert await asyncio.to_thread(use, False) == node.config.name
