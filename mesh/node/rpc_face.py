@@ -3,7 +3,8 @@
 The methods a client calls (``infer``, ``models``, ``status``, ``ping``,
 ``drain``, ``reload``) and the messages between peers (``steal`` and the ``gossip``,
 ``result``, ``handoff``, ``cancel``, ``nudge``, ``giveback`` and ``leaving``
-notifications), each handed to the part of the node that acts on it. Kept
+notifications; only a caller whose handshake made it a node may use these,
+see :data:`PEER_METHODS`), each handed to the part of the node that acts on it. Kept
 apart from :class:`~mesh.node.node.Node` as :mod:`mesh.node.http_face` is:
 the node runs things, the faces speak a protocol.
 """
@@ -97,8 +98,11 @@ class NodeRpcFace:
             return self._node.local_models()
         return await self._node.mesh_models()
 
-    async def _reload(self, _: RpcConnection, params: list[Any]) -> dict[str, Any]:
+    async def _reload(self, connection: RpcConnection, params: list[Any]) -> dict[str, Any]:
         # Rescan the model directories now (as SIGHUP does) and say what changed.
+        # Like drain, an operator's act: the mesh key's, not a client key's.
+        if connection.by_client_key:
+            raise Forbidden("reload needs the mesh key; a client key cannot reload a node")
         _no_params("reload", params)
         report = await self._node.model_store.reload()
         return report.to_wire()

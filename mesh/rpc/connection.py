@@ -144,7 +144,7 @@ class RpcConnection(asyncio.Protocol):
         # The client side's final hello, whose answer starts sealing.
         self._seal_msgid: int | None = None
         self._seal_session: auth.Session | None = None
-        # A client's own role claim; the server side's comes from its handshake.
+        # Whether a client's peer-only notifications were logged (once per connection).
         self._warned_role = False
 
     @property

@@ -118,6 +118,8 @@ async def test_a_client_key_uses_the_mesh_but_cannot_join_or_drain_it() -> None:
                 await device_rpc.call("steal", [{"thief": "x"}])
             with pytest.raises(Forbidden, match="drain needs the mesh key"):
                 await device_rpc.call("drain", [])
+            with pytest.raises(Forbidden, match="reload needs the mesh key"):
+                await device_rpc.call("reload", [])
         posing = RpcClient("127.0.0.1", node.port, key=CLIENT_KEY, role="node", name="n9")
         with pytest.raises(Forbidden, match="cannot join the mesh as a node"):
             await posing.connect()
