@@ -15,7 +15,9 @@ HTTP port, serving digits-small. Three phases, each against a fresh node:
   ``--concurrency`` open at once, each saying ``hello`` (half of them
   finishing the handshake) and closing; the node's RSS after each round. With
   ``--before DIR`` the same storm runs first against a node started from the
-  ``mesh`` package in DIR, so the two curves come from one run.
+  ``mesh`` package in DIR, so the curves come from one run; a last row,
+  ``uncapped``, lifts this node's caps on connections waiting for their
+  handshake, to show what its buffers alone do.
 * **rpc fuzz**: ``--frames`` msgpack-RPC frames, half on connections that
   passed the handshake (the version-1 hello: plain frames), half on
   strangers' connections: valid calls (10 %), well-formed messages with
@@ -66,6 +68,10 @@ from tests.helpers.attack import (
 )
 
 _MIB = 2**20
+UNCAPPED = {
+    "EDGEMESH_MAX_UNAUTHENTICATED": "100000",
+    "EDGEMESH_MAX_UNAUTHENTICATED_PER_SOURCE": "100000",
+}
 
 
 def commit() -> str:
@@ -88,9 +94,13 @@ async def _settled_rss(target: Target) -> int:
 
 
 async def storm_phase(
-    workdir: Path, args: argparse.Namespace, source: Path | None, label: str
+    workdir: Path,
+    args: argparse.Namespace,
+    source: Path | None,
+    label: str,
+    environ: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    target = start_target(workdir, source=source, name=f"storm-{label}")
+    target = start_target(workdir, source=source, name=f"storm-{label}", environ=environ)
     try:
         baseline = await _settled_rss(target)
         print(f"storm [{label}]: RSS {baseline / _MIB:.0f} MiB at start", flush=True)
@@ -200,6 +210,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
         if args.before is not None:
             storms.append(await storm_phase(workdir, args, args.before, "before"))
         storms.append(await storm_phase(workdir, args, None, "this"))
+        # The buffers alone: this node with the caps on waiting connections lifted.
+        storms.append(await storm_phase(workdir, args, None, "uncapped", UNCAPPED))
         rpc = await rpc_phase(workdir, args)
         http = await http_phase(workdir, args)
     return {
