@@ -121,6 +121,8 @@ class ModelStore:
         self._tracked: dict[Path, _Tracked] = {}
         # Files that failed to load, until they change (no error every scan).
         self._failed: dict[Path, _Stat] = {}
+        # Names installed while running: served even when --model lists others.
+        self._installed: set[str] = set()
         # For status(): reloads done, versions added and retired, files refused.
         self.counters = {"reloads": 0, "added": 0, "retired": 0, "load_failures": 0}
         self._retiring: list[LoadedModel] = []
@@ -184,7 +186,9 @@ class ModelStore:
         """Rescan the model directories and serve what they now hold (see the module doc)."""
         async with self._lock:
             known = {**self._failed, **{path: t.stat for path, t in self._tracked.items()}}
-            scan = await asyncio.to_thread(_scan, self._config, known, self._sha_of)
+            scan = await asyncio.to_thread(
+                _scan, self._config, known, self._sha_of, frozenset(self._installed)
+            )
             report = self._apply(scan)
             self.counters["reloads"] += 1
             self.counters["load_failures"] += len(report.failed)
@@ -231,15 +235,21 @@ class ModelStore:
                 f"model '{name}' version '{version}' is already served with sha256"
                 f" {served[version].sha256}, not {sha256}; give another version"
             )
-        root = Path(self._config.model_dirs[0])
-        folder = root / name
-        on_disk = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+        # Versions on disk count too, served or not (--model, a broken file):
+        # a label taken there would clash at the next start.
+        on_disk = await asyncio.to_thread(_labels_on_disk, self._config.model_dirs, name)
+        if version is not None and version in on_disk:
+            raise ModelError(
+                f"model '{name}' version '{version}' is already in the model directories"
+                " (another file); give another version"
+            )
         label = version or next_version([*served, *on_disk])
-        dest = folder / label / VERSION_FILE
+        dest = Path(self._config.model_dirs[0]) / name / label / VERSION_FILE
         if dest.exists():
             raise ModelError(f"{dest} already exists; give another version than '{label}'")
         model = await asyncio.to_thread(self._place, path, dest, name, label, sha256)
         self._tracked[_key(dest)] = _Tracked(_stat(dest), model)
+        self._installed.add(name)
         displaced = self._runtime.add(model)
         self.counters["added"] += 1
         if displaced is not None:
@@ -381,12 +391,21 @@ def shas_by_name(specs: Iterable[_Version]) -> dict[str, frozenset[str]]:
     return {name: frozenset(shas) for name, shas in out.items()}
 
 
-def _scan(config: Any, known: dict[Path, _Stat], sha_of: Callable[[Path], str | None]) -> _Scan:
-    """Find the model files and load the new or changed ones; on a worker thread."""
+def _scan(
+    config: Any,
+    known: dict[Path, _Stat],
+    sha_of: Callable[[Path], str | None],
+    installed: frozenset[str],
+) -> _Scan:
+    """Find the model files and load the new or changed ones; on a worker thread.
+
+    With ``--model`` names, only those are served, and the ``installed`` ones
+    (a node told to serve a model keeps serving it).
+    """
     scan = _Scan()
     cands = find_model_files(config.model_dirs, strict=False)
     if config.model_names is not None:
-        wanted = set(config.model_names)
+        wanted = {*config.model_names, *installed}
         cands = [c for c in cands if c.name in wanted]
     for cand in cands:
         path = _key(cand.path)
@@ -409,6 +428,16 @@ def _scan(config: Any, known: dict[Path, _Stat], sha_of: Callable[[Path], str | 
             continue
         scan.loaded.append((path, stat, model))
     return scan
+
+
+def _labels_on_disk(dirs: Iterable[Path], name: str) -> set[str]:
+    """The version labels of ``name`` in ``dirs``: its files' and its version folders'."""
+    dirs = list(dirs)
+    labels = {c.version for c in find_model_files(dirs, strict=False) if c.name == name}
+    folder = Path(dirs[0]) / name
+    if folder.is_dir():
+        labels |= {p.name for p in folder.iterdir() if p.is_dir()}
+    return labels
 
 
 def _key(path: Path) -> Path:

@@ -58,11 +58,11 @@ def find_model_files(dirs: Sequence[Path], *, strict: bool = True) -> list[Model
 
     ``strict`` (at start): ConfigError on a bad directory or manifest, or on
     two files claiming one (name, version). Not strict (a reload, while the
-    node serves): each such problem is logged and the files concerned are
-    left out, so that one bad file does not stop the others from loading.
+    node serves): each such problem is logged and the file concerned is left
+    out (of two claiming one version, the one found first, which may be
+    serving, stays), so that one bad file does not stop the others.
     """
     found: dict[tuple[str, str], ModelFile] = {}
-    clashes: set[tuple[str, str]] = set()
     for directory in dirs:
         try:
             cands = _find_in_dir(Path(directory))
@@ -91,9 +91,8 @@ def find_model_files(dirs: Sequence[Path], *, strict: bool = True) -> list[Model
             )
             if strict:
                 raise ConfigError(problem)
-            log.error("reload: %s", problem)
-            clashes.add(key)
-    return [cand for key, cand in found.items() if key not in clashes]
+            log.error("reload: %s; serving the first", problem)
+    return list(found.values())
 
 
 def _find_in_dir(directory: Path) -> list[ModelFile]:
@@ -104,7 +103,7 @@ def _find_in_dir(directory: Path) -> list[ModelFile]:
     cands = [ModelFile(e.name, directory / e.file, e, e.version) for e in entries.values()]
     listed = {(directory / e.file).resolve() for e in entries.values()}
     taken = {c.name for c in cands}
-    cands += _version_folders(directory, listed, taken)
+    cands += _version_folders(directory, listed)
     for path in sorted(directory.glob("*.onnx")):
         if not path.is_file() or path.resolve() in listed:
             continue
@@ -123,8 +122,9 @@ def _find_in_dir(directory: Path) -> list[ModelFile]:
     return cands
 
 
-def _version_folders(directory: Path, listed: set[Path], taken: set[str]) -> list[ModelFile]:
-    """The ``name/<version>/*.onnx`` files of ``directory``; names a manifest lists are skipped."""
+def _version_folders(directory: Path, listed: set[Path]) -> list[ModelFile]:
+    """The ``name/<version>/*.onnx`` files of ``directory``: more versions of any
+    name, a manifest's too (a version of one name and label only once)."""
     cands: list[ModelFile] = []
     for folder in sorted(p for p in directory.iterdir() if p.is_dir()):
         # Hidden folders hold files being written (a model arriving); never serve those.
@@ -142,15 +142,6 @@ def _version_folders(directory: Path, listed: set[Path], taken: set[str]) -> lis
                 continue
             path = _version_file(version_dir)
             if path is None or path.resolve() in listed:
-                continue
-            if name in taken:
-                log.error(
-                    "skipping model file %s: the manifest of %s already lists a model named"
-                    " '%s'; give its versions in the manifest",
-                    path,
-                    directory,
-                    name,
-                )
                 continue
             cands.append(ModelFile(name, path, None, version))
     return cands

@@ -7,6 +7,8 @@ answer says which version ran.
 from __future__ import annotations
 
 import hashlib
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from mesh.errors import ModelError, ModelIntegrityError, ModelNotFound
 from mesh.node.model_store import ModelStore
 from mesh.node.versions import MeshVersions
 from mesh.runtime.runtime import Runtime
+from tests.helpers import MODELS_DIR
 from tests.helpers.tiny_models import INPUT, OUTPUT, constant_model_bytes, write_constant_model
 
 X = {INPUT: np.ones((1, 2), dtype=np.float32)}
@@ -179,3 +182,51 @@ async def test_the_version_a_request_gets_follows_the_peers(tmp_path: Path) -> N
             versions.resolve("m", "2")
     finally:
         await rt.aclose()
+
+
+async def test_an_installed_model_survives_reloads_beside_a_manifest_and_a_model_filter(
+    tmp_path: Path,
+) -> None:
+    # The bundled layout: a manifest listing digits-small and digits-large,
+    # and a node told to serve only digits-small.
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, models)
+    settings = replace(config(models), model_names=("digits-small",))
+    rt = Runtime(settings)
+    try:
+        store = ModelStore(rt)
+        arrived = tmp_path / "part"
+        arrived.write_bytes((MODELS_DIR / "digits-large.onnx").read_bytes())
+        sha = hashlib.sha256(arrived.read_bytes()).hexdigest()
+        spec = await store.install(arrived, name="digits-large", version=None, sha256=sha)
+        # Numbered after the manifest's own version 1, which the manifest keeps.
+        assert (spec.name, spec.version, spec.source) == ("digits-large", "2", "file")
+        # A node told to serve a model serves it whatever --model says: the
+        # manifest's own version too, once a reload sees it (the same file).
+        report = await store.reload()
+        assert [(a.name, a.version, a.sha256) for a in report.added] == [("digits-large", "1", sha)]
+        assert report.retired == ()
+        assert (await store.reload()).added == ()
+        assert rt.names == ("digits-large", "digits-small")
+        assert [s.version for s in rt.versions("digits-large")] == ["1", "2"]
+        # Either file will do for a peer that asks: they are the same bytes.
+        served = store.file_of(sha)
+        assert served in {
+            models / "digits-large" / "2" / "model.onnx",
+            models / "digits-large.onnx",
+        }
+        assert hashlib.sha256(served.read_bytes()).hexdigest() == sha
+    finally:
+        await rt.aclose()
+
+
+async def test_a_version_folder_beside_a_manifest_entry_is_another_version(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(MODELS_DIR, models)
+    write_constant_model(models / "cnn-heavy" / "2" / "model.onnx", 2.0)
+    async with Runtime(config(models)) as rt:
+        assert [(s.version, s.source) for s in rt.versions("cnn-heavy")] == [
+            ("1", "manifest"),
+            ("2", "file"),
+        ]
+        assert await answer(rt, "cnn-heavy") == 2.0
