@@ -311,3 +311,8 @@ class GatewayServerConfig:
     log_format: str = "text"
     # On SIGTERM/SIGINT: how long requests in flight may take before it exits anyway.
     drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S
+
+    @property
+    def open_to_network(self) -> bool:
+        """Whether anyone who can reach its address may run its models (no token, not loopback)."""
+        return self.http.token is None and not _is_loopback(self.host)

@@ -315,9 +315,10 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        """``http://host:port`` of the gateway, for clients on this machine."""
+        """``http(s)://host:port`` of the gateway, for clients on this machine."""
         host = "127.0.0.1" if self.config.host in ("0.0.0.0", "") else self.config.host
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self.config.http.tls_cert is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
     def stop(self) -> None:
         """Ask :meth:`run` to shut down now; safe to call from a signal handler."""
@@ -439,8 +440,9 @@ class Gateway:
         # "gateway gateway listening" under the default name reads as a typo.
         who = "gateway" if config.name == "gateway" else f"gateway {config.name}"
         log.info(
-            "%s listening on http://%s:%d, serving %s%s",
+            "%s listening on %s://%s:%d, serving %s%s",
             who,
+            "http" if config.http.tls_cert is None else "https",
             config.host,
             self.port,
             serving,
@@ -448,6 +450,14 @@ class Gateway:
             if config.emulation is None
             else f" (emulating {config.emulation.service_ms:g} ms per call)",
         )
+        if config.open_to_network:
+            log.warning(
+                "%s is OPEN: anyone who can reach %s:%d can run its models. "
+                "Give it --http-token-file (and --tls-cert/--tls-key) to close it.",
+                who,
+                config.host,
+                self.port,
+            )
         if config.ready_file is not None:
             info = {"name": config.name, "host": config.host, "http_port": self.port}
             write_ready_file(config.ready_file, info)

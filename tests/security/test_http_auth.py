@@ -315,3 +315,31 @@ async def test_a_strangers_big_body_is_not_waited_for(runtime: Runtime) -> None:
         assert b"Connection: close" in head
         # Still serving others.
         assert (await ask(gateway.port, "GET", "/v2", authorization=f"Bearer {TOKEN}"))[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "token", "is_open"),
+    [
+        ("0.0.0.0", None, True),
+        ("10.0.0.5", None, True),
+        ("0.0.0.0", TOKEN, False),
+        ("127.0.0.1", None, False),
+        ("localhost", None, False),
+    ],
+)
+def test_a_gateway_on_the_network_without_a_token_is_open(
+    host: str, token: str | None, is_open: bool
+) -> None:
+    config = gateway_config(host=host, http=HttpConfig(port=0, token=token))
+    assert config.open_to_network is is_open
+
+
+async def test_an_open_gateway_says_so_at_start(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mesh.gateway.server")
+    # Listening on every interface; the test talks to it on 127.0.0.1 only.
+    async with running_gateway(gateway_config(host="0.0.0.0"), runtime) as gateway:
+        assert (await ask(gateway.port, "GET", "/v2/health/ready"))[0] == 200
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("gateway is OPEN" in line and "--http-token-file" in line for line in lines), lines

@@ -77,6 +77,7 @@ async def test_the_gateway_serves_https_and_plain_http_fails_cleanly(
     caplog.set_level(logging.DEBUG)
     async with running_gateway(gateway_config(http=tls_http(cert)), runtime) as gateway:
         https = f"https://127.0.0.1:{gateway.port}"
+        assert gateway.url == https
         assert (await get(https + "/v2/models/digits-small", cert.cert))[0] == 200
         # Without trusting the certificate, the client refuses the server.
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
@@ -95,6 +96,8 @@ async def test_the_gateway_serves_https_and_plain_http_fails_cleanly(
         assert (await get(https + "/v2/health/ready", cert.cert))[0] == 200
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+    said = [r.getMessage() for r in caplog.records]
+    assert any(f"gateway listening on {https}, serving" in line for line in said), said
 
 
 async def test_a_node_serves_https_with_a_token(
