@@ -267,3 +267,17 @@ async def test_a_forwarding_gateway_reaches_its_upstream_with_token_and_tls(
                 with pytest.raises(Overloaded, match="the upstream refused our cred") as no:
                     await client.infer("digits-large", {"X": x})
             assert str(back.port) not in no.value.message
+
+
+def test_a_token_sent_over_plain_http_is_allowed_but_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token, _ = token_file(tmp_path)
+    caplog.set_level(logging.WARNING, logger="mesh.gateway")
+    GatewayClient(GatewayClientConfig(url="http://127.0.0.1:1", token=token))
+    said = [r.getMessage() for r in caplog.records]
+    assert any("is plain http: its token crosses the network" in line for line in said), said
+    assert not any(token in line for line in said)
+    caplog.clear()
+    GatewayClient(GatewayClientConfig(url="https://127.0.0.1:1", token=token))
+    assert not caplog.records
