@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 OPEN_PATHS = frozenset({"/v2/health/live"})
-"""Paths answered without a token (GET only)."""
+"""Routes answered without a token (GET and HEAD only)."""
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REALM = 'Bearer realm="edgemesh"'
@@ -49,7 +49,14 @@ def bearer_middleware(token: str) -> Middleware:
 
     @web.middleware
     async def check_bearer(request: web.Request, handler: _Handler) -> web.StreamResponse:
-        if request.method in ("GET", "HEAD") and request.path in OPEN_PATHS:
+        # By the route matched, not the path as sent: nothing that reaches
+        # another handler (an encoded slash, a trailing one) counts as open.
+        resource = request.match_info.route.resource
+        if (
+            request.method in ("GET", "HEAD")
+            and resource is not None
+            and resource.canonical in OPEN_PATHS
+        ):
             return await handler(request)
         given = _bearer_of(request.headers.get("Authorization", ""))
         if given is None:

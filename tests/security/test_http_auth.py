@@ -37,6 +37,10 @@ pytestmark = pytest.mark.timeout(60)
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 TOKEN = "s3cret-token-for-tests-0123456789"
 PROTECTED = [
+    # Near the open route, but not it.
+    ("GET", "/v2/health/live/"),
+    ("GET", "/v2/health%2Flive"),
+    ("POST", "/v2/health/live"),
     ("GET", "/v2"),
     ("GET", "/v2/health/ready"),
     ("GET", "/v2/models/digits-small"),
