@@ -77,9 +77,13 @@ def http_security(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def client_credentials(settings: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The token and CA file a client sends to ``prefix`` (the gateway, the upstream)."""
+    """The token and CA file a client uses towards ``prefix`` (``gateway`` or
+    ``upstream``: the setting that holds the server's URL)."""
     token_file = settings.get(f"{prefix}_token_file")
     ca_file = settings.get(f"{prefix}_ca_file")
+    url = str(settings.get(prefix, ""))
+    if ca_file is not None and not url.startswith("https://"):
+        raise ConfigError(f"{prefix}_ca_file is only for an https:// {prefix} URL; got {url}")
     return {
         "token": None
         if token_file is None

@@ -185,6 +185,9 @@ async def test_tls_settings_that_cannot_work_are_refused_at_start(
 ) -> None:
     with pytest.raises(ConfigError, match="only for an https:// URL"):
         GatewayClient(GatewayClientConfig(url="http://127.0.0.1:1", ca_file=cert.cert))
+    # From flags, before anything starts.
+    with pytest.raises(ConfigError, match="gateway_ca_file is only for an https:// gateway URL"):
+        load_node_config({"gateway": "http://127.0.0.1:1", "gateway_ca_file": str(cert.cert)}, {})
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="cannot be used as a PEM certificate chain"):
