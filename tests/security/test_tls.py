@@ -62,6 +62,15 @@ def tls_http(cert: Certificate, token: str | None = None) -> HttpConfig:
     return HttpConfig(port=0, tls_cert=cert.cert, tls_key=cert.key, token=token)
 
 
+async def logged(caplog: pytest.LogCaptureFixture, line: str) -> bool:
+    """Whether ``line`` is logged within 5 s (bounded polling: the log has no event)."""
+    for _ in range(500):
+        if line in caplog.messages:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 async def get(url: str, cafile: Path | None, **headers: str) -> tuple[int, bytes]:
     context = None if cafile is None else ssl.create_default_context(cafile=str(cafile))
     async with (
@@ -112,8 +121,13 @@ async def test_a_node_serves_https_with_a_token(
 
 
 async def test_a_node_offloads_to_its_gateway_with_token_and_tls(
-    runtime: Runtime, cert: Certificate, tmp_path: Path, digits: Digits
+    runtime: Runtime,
+    cert: Certificate,
+    tmp_path: Path,
+    digits: Digits,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="mesh.node")
     token, _ = token_file(tmp_path)
     x = digits[0][:3].astype(np.float32)
     async with running_gateway(gateway_config(http=tls_http(cert, token)), runtime) as gateway:
@@ -129,6 +143,8 @@ async def test_a_node_offloads_to_its_gateway_with_token_and_tls(
             assert answer["label"].shape == (3,)
             status = node.status()["gateway"]
             assert status["state"] == "closed" and status["failures"] == 0
+            # The start-up readiness check went with the token too.
+            assert await logged(caplog, f"gateway {url}: ready")
 
 
 async def test_a_wrong_token_opens_the_breaker_and_says_why(
