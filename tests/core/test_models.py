@@ -356,6 +356,11 @@ MANIFEST_ERRORS = [
         id="version int",
     ),
     pytest.param(
+        _broken("digits-small", "version", "1.0 beta"),
+        ["manifest model 'digits-small', key 'version'", "'1.0 beta' is not a version"],
+        id="version with a space",
+    ),
+    pytest.param(
         _broken("digits-small", "file", "../x.onnx"),
         ["'file' must be a relative path", "'../x.onnx'"],
         id="file escapes dir",

@@ -13,6 +13,7 @@ from typing import Any
 
 from mesh.core.models.fields import quoted, read_accuracy, read_bool, read_sha256, read_string
 from mesh.core.models.signatures import TensorSpec, check_model_name, parse_tensor_list
+from mesh.core.models.versions import check_version
 from mesh.core.policy.escalation import EscalationRule, parse_rule
 from mesh.errors import ConfigError
 
@@ -91,7 +92,10 @@ def _parse_entry(name: str, table: object) -> ManifestEntry:
     outputs = table.get("outputs")
     return ManifestEntry(
         name=name,
-        version=read_string(table, "version", where, example='version = "1"'),
+        # Checked as every version label is: it travels in gossip and URLs.
+        version=check_version(
+            read_string(table, "version", where, example='version = "1"'), f"{where}, key 'version'"
+        ),
         file=_file(table, where),
         sha256=read_sha256(table, where),
         description=read_string(table, "description", where, default=""),
