@@ -126,9 +126,8 @@ class ModelStore:
         # For status(): reloads done, versions added and retired, files refused.
         self.counters = {"reloads": 0, "added": 0, "retired": 0, "load_failures": 0}
         self._retiring: list[LoadedModel] = []
-        for spec in runtime.specs():
-            model = runtime.loaded(spec.sha256)
-            if model is not None and model.path is not None:
+        for model in runtime.serving():
+            if model.path is not None:
                 with contextlib.suppress(OSError):
                     self._tracked[_key(model.path)] = _Tracked(_stat(model.path), model)
 
@@ -169,10 +168,9 @@ class ModelStore:
 
     def file_of(self, sha256: str) -> Path | None:
         """The on-disk file of a version this node serves with this sha256; None if none."""
-        for spec in self._runtime.specs():
-            if spec.sha256 == sha256:
-                model = self._runtime.loaded(sha256)
-                return None if model is None else model.path
+        for model in self._runtime.serving():
+            if model.spec.sha256 == sha256 and model.path is not None:
+                return model.path
         return None
 
     # --- changing what is served -------------------------------------------------
@@ -407,7 +405,7 @@ def _scan(
     if config.model_names is not None:
         wanted = {*config.model_names, *installed}
         cands = [c for c in cands if c.name in wanted]
-    for cand in cands:
+    for cand in _one_file_per_version(cands, known, scan):
         path = _key(cand.path)
         try:
             stat = _stat(path)
@@ -428,6 +426,40 @@ def _scan(
             continue
         scan.loaded.append((path, stat, model))
     return scan
+
+
+def _one_file_per_version(
+    cands: list[ModelFile], known: dict[Path, _Stat], scan: _Scan
+) -> list[ModelFile]:
+    """Of files claiming one (name, version), the one already known (else the
+    first); the others are refused, as the node would refuse them at start."""
+    chosen: dict[tuple[str, str], ModelFile] = {}
+    for cand in cands:
+        key = (cand.name, cand.version)
+        other = chosen.get(key)
+        if other is None or (_key(cand.path) in known and _key(other.path) not in known):
+            chosen[key] = cand
+    for cand in cands:
+        keep = chosen[(cand.name, cand.version)]
+        if keep is cand:
+            continue
+        path = _key(cand.path)
+        scan.seen.add(path)
+        try:
+            stat = _stat(path)
+        except OSError:
+            continue
+        if known.get(path) == stat:
+            continue  # refused before, unchanged: said once
+        scan.failed.append(
+            (
+                str(path),
+                f"{keep.path} is already model '{cand.name}' version '{cand.version}';"
+                " give this file another version",
+            )
+        )
+        scan.failed_stats.append((path, stat))
+    return [c for c in cands if chosen[(c.name, c.version)] is c]
 
 
 def _labels_on_disk(dirs: Iterable[Path], name: str) -> set[str]:

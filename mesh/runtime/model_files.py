@@ -58,11 +58,12 @@ def find_model_files(dirs: Sequence[Path], *, strict: bool = True) -> list[Model
 
     ``strict`` (at start): ConfigError on a bad directory or manifest, or on
     two files claiming one (name, version). Not strict (a reload, while the
-    node serves): each such problem is logged and the file concerned is left
-    out (of two claiming one version, the one found first, which may be
-    serving, stays), so that one bad file does not stop the others.
+    node serves): a bad directory or manifest is logged and skipped, so that
+    one bad file does not stop the others, and every file is returned, two
+    claiming one version included: the caller knows which one serves.
     """
     found: dict[tuple[str, str], ModelFile] = {}
+    everything: list[ModelFile] = []
     for directory in dirs:
         try:
             cands = _find_in_dir(Path(directory))
@@ -78,6 +79,7 @@ def find_model_files(dirs: Sequence[Path], *, strict: bool = True) -> list[Model
                 raise
             log.error("reload: skipping model directory %s: %s", directory, exc)
             continue
+        everything += cands
         for cand in cands:
             key = (cand.name, cand.version)
             other = found.get(key)
@@ -91,8 +93,7 @@ def find_model_files(dirs: Sequence[Path], *, strict: bool = True) -> list[Model
             )
             if strict:
                 raise ConfigError(problem)
-            log.error("reload: %s; serving the first", problem)
-    return list(found.values())
+    return list(found.values()) if strict else everything
 
 
 def _find_in_dir(directory: Path) -> list[ModelFile]:

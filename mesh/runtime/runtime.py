@@ -108,6 +108,10 @@ class Runtime:
     def __contains__(self, name: object) -> bool:
         return name in self._serving
 
+    def serving(self) -> list[LoadedModel]:
+        """Every version served, each as loaded (two labels of one file: two entries)."""
+        return [m for versions in self._serving.values() for m in versions.values()]
+
     def retired(self) -> list[ModelSpec]:
         """Versions retired but not yet freed: they run what they were given, nothing new."""
         serving = {lane_key(m) for v in self._serving.values() for m in v.values()}

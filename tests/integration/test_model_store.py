@@ -16,7 +16,7 @@ import pytest
 
 from mesh.config import RuntimeConfig
 from mesh.core.membership.peers import ModelHolding
-from mesh.errors import ModelError, ModelIntegrityError, ModelNotFound
+from mesh.errors import ConfigError, ModelError, ModelIntegrityError, ModelNotFound
 from mesh.node.model_store import ModelStore
 from mesh.node.versions import MeshVersions
 from mesh.runtime.runtime import Runtime
@@ -230,3 +230,23 @@ async def test_a_version_folder_beside_a_manifest_entry_is_another_version(tmp_p
             ("2", "file"),
         ]
         assert await answer(rt, "cnn-heavy") == 2.0
+
+
+async def test_two_files_claiming_one_version_the_serving_one_stays(tmp_path: Path) -> None:
+    write_constant_model(tmp_path / "m.onnx", 1.0)  # m version 1
+    rt = Runtime(config(tmp_path))
+    try:
+        store = ModelStore(rt)
+        clash = write_constant_model(tmp_path / "m" / "1" / "model.onnx", 5.0)
+        report = await store.reload()
+        assert report.added == () and report.retired == ()
+        assert [(path, why.split(";")[0]) for path, why in report.failed] == [
+            (str(clash), f"{tmp_path / 'm.onnx'} is already model 'm' version '1'")
+        ]
+        assert await answer(rt, "m") == 1.0
+        assert (await store.reload()).failed == ()  # said once, until the file changes
+        # A node started now would refuse the pair too (and say which files).
+        with pytest.raises(ConfigError, match="two models are named 'm', both version '1'"):
+            Runtime(config(tmp_path))
+    finally:
+        await rt.aclose()
