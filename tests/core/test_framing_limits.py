@@ -81,3 +81,18 @@ def test_a_grown_buffer_is_replaced_once_drained() -> None:
     framing.receive_data(msgpack.packb([2, "small", [1]]))
     assert len(events(framing)) == 1
     assert framing._unpacker is small
+
+
+def test_a_connection_s_parser_starts_small() -> None:
+    """msgpack's Unpacker allocates 1 MiB up front unless told otherwise; a
+    node holding thousands of connections (idle, or strangers') must not."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        framings = [RpcFraming() for _ in range(50)]
+        each = (tracemalloc.get_traced_memory()[0] - before) / len(framings)
+    finally:
+        tracemalloc.stop()
+    assert each < 160 * 1024, f"{each / 1024:.0f} KiB per connection's parser"
