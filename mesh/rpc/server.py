@@ -91,6 +91,19 @@ class RpcServer:
         """Connections accepted and waiting for their handshake now."""
         return self._gate.waiting
 
+    def exposure_status(self) -> dict[str, Any]:
+        """What strangers and big requests hold now, and what was turned away
+        (``status()["rpc"]``): connections waiting for their handshake, those
+        refused at the door and closed by a clock, by reason, and the bytes of
+        the byte budget in use."""
+        return {
+            "unauthenticated": self._gate.waiting,
+            "refused": dict(self.refused),
+            "timed_out": dict(self.expired),
+            "bytes_in_flight": self.budget.used,
+            "max_bytes_in_flight": self.budget.limit,
+        }
+
     @property
     def connections(self) -> int:
         """Open connections now."""
