@@ -494,6 +494,7 @@ class Node:
                 "host": self.config.host,
                 "port": None if server is None else server.bound_port,
                 "connections": 0 if server is None else server.connections,
+                **({} if server is None else server.exposure_status()),
             },
             "http": http_status(self.config, self.http_port),
             "gateway": None if self._gateway is None else self._gateway.status(),
