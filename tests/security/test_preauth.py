@@ -107,6 +107,8 @@ async def test_unauthenticated_connections_are_capped_per_source(node: Node) -> 
     notice = await closed_with(extra)
     assert notice is not None and notice[0] == "Overloaded", notice
     assert server_of(node).refused["unauthenticated"] == 1
+    door = node.status()["rpc"]
+    assert (door["unauthenticated"], door["refused"]["unauthenticated"]) == (4, 1)
     # Those waiting are still served: the handshake works on them.
     await v1_handshake(waiting[0], KEY)
     assert server_of(node).unauthenticated == 3
