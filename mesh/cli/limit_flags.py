@@ -28,14 +28,14 @@ _NODE_FLAGS = {
     "--http-max-json-bytes": "largest JSON part of an HTTP request; bigger tensors go "
     "in the binary tensor extension (default: 1 MiB)",
     "--http-idle-timeout": "seconds an HTTP connection may go without sending a complete "
-    "request's headers (default: 15)",
+    "request's headers (default: 30)",
     "--http-body-timeout": "seconds an HTTP request body has to arrive (default: 30)",
 }
 _GATEWAY_FLAGS = {
     "--max-json-bytes": "largest JSON part of a request; bigger tensors go in the binary "
     "tensor extension (default: 1 MiB)",
     "--idle-timeout": "seconds a connection may go without sending a complete request's "
-    "headers (default: 15)",
+    "headers (default: 30)",
     "--body-timeout": "seconds a request body has to arrive (default: 30)",
     "--max-bytes-in-flight": "bytes of request bodies held at once; more are refused "
     "with 503 (default: 256 MiB)",
