@@ -166,8 +166,10 @@ class HttpConfig:
     # would stall the node's gossip (mesh.http.limits). 413 past it.
     max_json_bytes: int = 1024 * 1024
     # A connection that sends no complete request headers for this long
-    # (slow headers, or idle between requests) is closed.
-    idle_timeout_s: float = 15.0
+    # (slow headers, or idle between requests) is closed. Longer than the 15 s
+    # aiohttp's client keeps an idle connection, so that a client never sends
+    # on a connection the server is closing.
+    idle_timeout_s: float = 30.0
     # A request body must arrive within this; 408 and a closed connection else.
     body_timeout_s: float = 30.0
     # Bytes of request bodies held at once, over all connections, until each
