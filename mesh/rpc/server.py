@@ -248,7 +248,8 @@ class _ServedConnection(RpcConnection):
         if not self.trusted:
             self._framing = RpcFraming(
                 max_message_size=config.max_message_bytes,
-                initial_limit=min(config.preauth_max_bytes, config.max_message_bytes),
+                # (The framing needs room for at least the smallest messages.)
+                initial_limit=max(64, min(config.preauth_max_bytes, config.max_message_bytes)),
             )
         # Counted in by the server's gate (and so to be counted out once).
         self.admitted = False
