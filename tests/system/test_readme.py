@@ -359,7 +359,7 @@ def test_run_blocks_run_in_order_and_a_failing_one_fails(tmp_path: Path) -> None
     with pytest.raises(BlockFailed, match=r"synthetic.md:2: exited 1"):
         run_doc(failing, tmp_path)
     bad_flag = doc(
-        "<!-- readme-test: run -->", fenced("sh", "edgemesh models --server 127.0.0.1:1")
+        "<!-- readme-test: run -->", fenced("sh", "edgemesh status --server 127.0.0.1:1")
     )
     with pytest.raises(AssertionError, match="unrecognized arguments: --server"):
         run_doc(bad_flag, tmp_path)
