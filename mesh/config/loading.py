@@ -1,18 +1,17 @@
 """Resolving settings: defaults < TOML file < environment < flags, each value checked.
 
 The only place in the package that reads TOML or the environment. A node
-reads ``EDGEMESH_<KEY>``; the gateway ``EDGEMESH_GATEWAY_<KEY>``.
+reads ``EDGEMESH_<KEY>``; the gateway ``EDGEMESH_GATEWAY_<KEY>``. The
+settings tables here name each key's parser; the parsers are in :mod:`.values`.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from mesh.config.credentials import client_credentials, http_security
 from mesh.config.escalation import escalation_rules
@@ -39,7 +38,26 @@ from mesh.config.settings import (
     RuntimeConfig,
     WorkConfig,
 )
-from mesh.core.wire.addresses import default_node_name, host_ip, mdns_interfaces, parse_address
+from mesh.config.values import (
+    address_list,
+    choice,
+    flag,
+    ip_list,
+    node_name,
+    non_negative_int,
+    non_negative_number,
+    non_negative_seconds,
+    nonempty_text,
+    port_number,
+    positive_int,
+    positive_number,
+    positive_seconds,
+    string_list,
+)
+
+# Re-exported: mesh.config takes it from here, beside the loaders that use it.
+from mesh.config.values import check_gateway_url as check_gateway_url
+from mesh.core.wire.addresses import default_node_name, mdns_interfaces
 from mesh.errors import ConfigError
 
 # --- resolving settings from file, environment and flags ----------------------
@@ -48,189 +66,56 @@ MIN_MESH_KEY_BYTES = 16
 ENV_PREFIX = "EDGEMESH_"
 
 
-def _integer(key: str, value: object, expected: str) -> int:
-    """An int from TOML (int) or the environment and flags (decimal text)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise ConfigError(f"{key} must be {expected}, got {value!r}")
-
-
-def _positive_int(key: str, value: object) -> int:
-    number = _integer(key, value, "a positive integer")
-    if number <= 0:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return number
-
-
-def _port(key: str, value: object) -> int:
-    number = _integer(key, value, "a port number 0..65535")
-    if not 0 <= number <= 65535:
-        raise ConfigError(f"{key} must be a port number 0..65535, got {value!r}")
-    return number
-
-
-def _positive_float(key: str, value: object) -> float:
-    expected = "a positive number of seconds"
-    number = _number(key, value, expected)
-    if number <= 0:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    return number
-
-
-def _number(key: str, value: object, expected: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}") from None
-    if number != number or number == float("inf"):
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    return number
-
-
-def _positive_number(key: str, value: object) -> float:
-    number = _number(key, value, "a positive number")
-    if number <= 0:
-        raise ConfigError(f"{key} must be a positive number, got {value!r}")
-    return number
-
-
-def _non_negative_number(key: str, value: object) -> float:
-    number = _number(key, value, "a number >= 0")
-    if number < 0:
-        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
-    return number
-
-
-def _non_negative_float(key: str, value: object) -> float:
-    expected = "a number of seconds >= 0"
-    number = _number(key, value, expected)
-    if number < 0:
-        raise ConfigError(f"{key} must be {expected}, got {value!r}")
-    return number
-
-
-def _flag(key: str, value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"1", "true", "yes", "on"}:
-        return True
-    if isinstance(value, str) and value.strip().lower() in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{key} must be true or false, got {value!r}")
-
-
-def _text(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{key} must be a non-empty string, got {value!r}")
-    return value.strip()
-
-
-def _node_name(key: str, value: object) -> str:
-    name = _text(key, value)
-    # The name is an mDNS instance name (one DNS label) and shows up in logs.
-    if len(name.encode()) > 63 or not name.isprintable():
-        raise ConfigError(f"{key} must be printable and at most 63 bytes, got {value!r}")
-    return name
-
-
-def _choice(*choices: str) -> Callable[[str, object], str]:
-    def parse(key: str, value: object) -> str:
-        text = _text(key, value).lower()
-        if text not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-        return text
-
-    return parse
-
-
-def _string_list(key: str, value: object) -> tuple[str, ...]:
-    if isinstance(value, str):
-        items = [part for part in value.replace(os.pathsep, ",").split(",") if part.strip()]
-    elif isinstance(value, (list, tuple)):
-        items = list(value)
-    else:
-        raise ConfigError(f"{key} must be a list of strings, got {value!r}")
-    return tuple(_text(key, item) for item in items)
-
-
-def _address_list(key: str, value: object) -> tuple[str, ...]:
-    addresses = _string_list(key, value)
-    for address in addresses:
-        try:
-            parse_address(address)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    return addresses
-
-
-def _ip_list(key: str, value: object) -> tuple[str, ...]:
-    checked: list[str] = []
-    for text in _string_list(key, value):
-        try:
-            checked.append(host_ip(text))
-        except ValueError as exc:
-            # (An interface's name, eth0, is the usual slip.)
-            raise ConfigError(
-                f"{key}: {text!r} cannot be used: {exc}; give an IP address of this "
-                "machine, not an interface's name"
-            ) from None
-    return tuple(checked)
-
-
 # Every node setting: its key (TOML key, flag dest, and EDGEMESH_<KEY> upper-cased),
 # and how its value is checked.
 _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
-    "name": _node_name,
-    "host": _text,
-    "port": _port,
-    "models": _string_list,
-    "model": _string_list,
-    "mesh_key_file": _text,
-    "client_key_file": _text,
-    "seal": _flag,
-    "intra_op_threads": _positive_int,
-    "per_model_concurrency": _positive_int,
-    "executor_threads": _positive_int,
-    "reload_interval": _non_negative_float,
-    "max_message_bytes": _positive_int,
-    "max_in_flight_per_connection": _positive_int,
-    "ready_file": _text,
-    "peer": _address_list,
-    "mdns": _flag,
-    "interface": _ip_list,
-    "gossip_interval": _positive_float,
-    "suspect_after": _positive_float,
-    "dead_after": _positive_float,
-    "forget_after": _positive_float,
-    "slots": _positive_int,
-    "steal": _flag,
-    "fetch_models": _flag,
-    "emulate_speed": _positive_number,
-    "emulate_service_ms": _non_negative_number,
-    "http_port": _port,
-    "http_host": _text,
-    "http_token_file": _text,
-    "tls_cert": _text,
-    "tls_key": _text,
-    "gateway": lambda key, value: check_gateway_url(key, value),
-    "gateway_timeout": _positive_float,
-    "gateway_token_file": _text,
-    "gateway_ca_file": _text,
-    "default_deadline_ms": _positive_number,
-    "queue_cap": _positive_int,
+    "name": node_name,
+    "host": nonempty_text,
+    "port": port_number,
+    "models": string_list,
+    "model": string_list,
+    "mesh_key_file": nonempty_text,
+    "client_key_file": nonempty_text,
+    "seal": flag,
+    "intra_op_threads": positive_int,
+    "per_model_concurrency": positive_int,
+    "executor_threads": positive_int,
+    "reload_interval": non_negative_seconds,
+    "max_message_bytes": positive_int,
+    "max_in_flight_per_connection": positive_int,
+    "ready_file": nonempty_text,
+    "peer": address_list,
+    "mdns": flag,
+    "interface": ip_list,
+    "gossip_interval": positive_seconds,
+    "suspect_after": positive_seconds,
+    "dead_after": positive_seconds,
+    "forget_after": positive_seconds,
+    "slots": positive_int,
+    "steal": flag,
+    "fetch_models": flag,
+    "emulate_speed": positive_number,
+    "emulate_service_ms": non_negative_number,
+    "http_port": port_number,
+    "http_host": nonempty_text,
+    "http_token_file": nonempty_text,
+    "tls_cert": nonempty_text,
+    "tls_key": nonempty_text,
+    "gateway": check_gateway_url,
+    "gateway_timeout": positive_seconds,
+    "gateway_token_file": nonempty_text,
+    "gateway_ca_file": nonempty_text,
+    "default_deadline_ms": positive_number,
+    "queue_cap": positive_int,
     "escalate": escalation_rules,
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "log_format": _choice("text", "json"),
-    "drain_timeout": _non_negative_float,
+    "log_level": choice("debug", "info", "warning", "error"),
+    "log_format": choice("text", "json"),
+    "drain_timeout": non_negative_seconds,
     **limit_settings(
         {**RPC_KEYS, **NODE_HTTP_KEYS},
-        positive_int=_positive_int,
-        positive_seconds=_positive_float,
-        positive_number=_positive_number,
+        positive_int=positive_int,
+        positive_seconds=positive_seconds,
+        positive_number=positive_number,
     ),
 }
 NODE_SETTING_KEYS = tuple(_NODE_SETTINGS)
@@ -451,61 +336,36 @@ def _default_node_name(port: int) -> str:
 GATEWAY_ENV_PREFIX = "EDGEMESH_GATEWAY_"
 
 
-def check_gateway_url(key: str, value: object) -> str:
-    """An http(s) URL with a host, without a trailing slash; ConfigError otherwise."""
-    text = _text(key, value)
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - parsing the port is what checks it
-    except ValueError as exc:
-        raise ConfigError(f"{key} is not a valid URL ({exc}): {value!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"{key} must be an http:// or https:// URL with a host, "
-            f"like http://gateway.example:8000; got {value!r}"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigError(f"{key} must not have a query or fragment, got {value!r}")
-    return text.rstrip("/")
-
-
-def _non_negative_int(key: str, value: object) -> int:
-    number = _integer(key, value, "an integer >= 0")
-    if number < 0:
-        raise ConfigError(f"{key} must be an integer >= 0, got {value!r}")
-    return number
-
-
 _GATEWAY_SETTINGS: dict[str, Callable[[str, object], object]] = {
-    "name": _node_name,
-    "host": _text,
-    "port": _port,
-    "models": _string_list,
-    "model": _string_list,
-    "intra_op_threads": _positive_int,
-    "per_model_concurrency": _positive_int,
-    "executor_threads": _positive_int,
-    "max_body_bytes": _positive_int,
+    "name": node_name,
+    "host": nonempty_text,
+    "port": port_number,
+    "models": string_list,
+    "model": string_list,
+    "intra_op_threads": positive_int,
+    "per_model_concurrency": positive_int,
+    "executor_threads": positive_int,
+    "max_body_bytes": positive_int,
     "upstream": check_gateway_url,
-    "upstream_timeout": _positive_float,
-    "upstream_max_in_flight": _positive_int,
-    "upstream_token_file": _text,
-    "upstream_ca_file": _text,
-    "http_token_file": _text,
-    "tls_cert": _text,
-    "tls_key": _text,
-    "slots": _positive_int,
-    "queue_cap": _non_negative_int,
-    "emulate_service_ms": _non_negative_number,
-    "ready_file": _text,
-    "log_level": _choice("debug", "info", "warning", "error"),
-    "log_format": _choice("text", "json"),
-    "drain_timeout": _non_negative_float,
+    "upstream_timeout": positive_seconds,
+    "upstream_max_in_flight": positive_int,
+    "upstream_token_file": nonempty_text,
+    "upstream_ca_file": nonempty_text,
+    "http_token_file": nonempty_text,
+    "tls_cert": nonempty_text,
+    "tls_key": nonempty_text,
+    "slots": positive_int,
+    "queue_cap": non_negative_int,
+    "emulate_service_ms": non_negative_number,
+    "ready_file": nonempty_text,
+    "log_level": choice("debug", "info", "warning", "error"),
+    "log_format": choice("text", "json"),
+    "drain_timeout": non_negative_seconds,
     **limit_settings(
         GATEWAY_HTTP_KEYS,
-        positive_int=_positive_int,
-        positive_seconds=_positive_float,
-        positive_number=_positive_number,
+        positive_int=positive_int,
+        positive_seconds=positive_seconds,
+        positive_number=positive_number,
     ),
 }
 GATEWAY_SETTING_KEYS = tuple(_GATEWAY_SETTINGS)
