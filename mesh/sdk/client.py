@@ -14,7 +14,7 @@
 for its ``status`` and uses the least loaded live one: the smallest
 estimated queueing wait (the node's own ``scheduler.wait_ms``) plus round
 trip. One connection carries every call, pipelined. The choices are
-:mod:`mesh.core.policy.node_choice`'s; this module carries them out.
+:mod:`mesh.core.policy.node_choice`'s; :mod:`mesh.sdk.failover` carries them out.
 
 **Failing over.** If the connection to that node is lost (closed, reset,
 or silent for longer than the ``heartbeat``), every call that was waiting
@@ -39,28 +39,26 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal, Self, overload
 
 from numpy.typing import ArrayLike
 
 from mesh.config import DEFAULT_RPC_PORT, RpcConfig
-from mesh.core.policy.node_choice import NodeChoice, deadline_left_s, give_up, tried_text
+from mesh.core.policy.node_choice import deadline_left_s
 from mesh.core.wire import auth
 from mesh.errors import (
     ConfigError,
     DeadlineExceeded,
-    Draining,
     MeshError,
     PeerUnavailable,
     ProtocolError,
-    RpcTimeout,
 )
 from mesh.sdk.discovery import browse_nodes, node_address
-from mesh.sdk.pool import NodeLink, normalize_addresses, probe_all
+from mesh.sdk.failover import Failover
+from mesh.sdk.pool import normalize_addresses
 from mesh.sdk.types import (
     Inference,
     MeshModels,
@@ -73,8 +71,6 @@ from mesh.sdk.types import (
 )
 
 __all__ = ["Inference", "MeshClient", "MeshModels", "ModelInfo", "ModelLocation", "TensorInfo"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_RPC_PORT}"
 
@@ -135,19 +131,13 @@ class MeshClient:
             connect_timeout_s=connect_timeout,
             seal=seal,
         )
-        self._key = _as_key(mesh_key)
-        self._heartbeat = heartbeat
         # Request ids: a random prefix per client and a counter, unique
         # across clients and cheap to make (uuid4 per call showed in profiles).
         self._id_prefix = secrets.token_hex(6)
         self._ids = itertools.count(1)
-        self._link: NodeLink | None = None
-        # Links to draining nodes: no new calls go there, but the calls
-        # they took are still answered there; closed once they are gone.
-        self._retired: list[NodeLink] = []
-        self._switching = asyncio.Lock()
-        self._choice = NodeChoice(self._addresses)
-        self._open = False
+        self._failover = Failover(
+            self._addresses, config=self._config, key=_as_key(mesh_key), heartbeat=heartbeat
+        )
 
     @classmethod
     async def discover(
@@ -196,13 +186,13 @@ class MeshClient:
     @property
     def address(self) -> str:
         """The node in use now (before connecting: the first candidate)."""
-        link = self._link
+        link = self._failover.link
         return self._addresses[0] if link is None else link.address
 
     @property
     def node(self) -> dict[str, Any]:
         """What the node in use said of itself in the handshake (name, id, version, ...)."""
-        link = self._link
+        link = self._failover.link
         return {} if link is None else dict(link.hello)
 
     # --- lifetime ------------------------------------------------------------------------
@@ -221,23 +211,11 @@ class MeshClient:
         PeerUnavailable naming each node and why it could not be used. With
         a single candidate its own error is raised as it came.
         """
-        async with self._switching:
-            self._open = True
-            if self._link is not None and self._link.alive:
-                return
-            try:
-                await self._switch({}, connecting=True)
-            except BaseException:
-                self._open = False
-                raise
+        await self._failover.connect()
 
     async def aclose(self) -> None:
         """Close the connection; calls still waiting fail with PeerUnavailable."""
-        self._open = False
-        link, self._link = self._link, None
-        retired, self._retired = self._retired, []
-        for old in [*retired, *([] if link is None else [link])]:
-            await old.aclose()
+        await self._failover.aclose()
 
     # --- calls -------------------------------------------------------------------------------
 
@@ -293,7 +271,7 @@ class MeshClient:
             if deadline is not None:
                 # Leave the node time to say it missed the deadline.
                 timeout = max(deadline + 1.0, timeout)
-        link, reply = await self._call("infer", params, timeout)
+        link, reply = await self._failover.call("infer", params, timeout)
         return inference_from_reply(reply, node=link.address, request_id=rid)
 
     @overload
@@ -376,7 +354,7 @@ class MeshClient:
 
     async def models(self) -> list[ModelInfo]:
         """The models the node in use serves."""
-        _, reply = await self._call("models", _no_params, self._config.call_timeout_s)
+        _, reply = await self._failover.call("models", _no_params, self._config.call_timeout_s)
         if not isinstance(reply, list):
             raise ProtocolError(f"models(): expected a list, got {type(reply).__name__}")
         return [ModelInfo.from_wire(entry) for entry in reply]
@@ -388,12 +366,12 @@ class MeshClient:
         def params(elapsed: float, attempt: int) -> list[Any]:
             return [{"scope": "mesh"}]
 
-        _, reply = await self._call("models", params, self._config.call_timeout_s)
+        _, reply = await self._failover.call("models", params, self._config.call_timeout_s)
         return mesh_models_from_reply(reply)
 
     async def status(self) -> dict[str, Any]:
         """The status map of the node in use: identity, models, peers, counters, load."""
-        _, reply = await self._call("status", _no_params, self._config.call_timeout_s)
+        _, reply = await self._failover.call("status", _no_params, self._config.call_timeout_s)
         if not isinstance(reply, dict):
             raise ProtocolError(f"status(): expected a map, got {type(reply).__name__}")
         return reply
@@ -407,111 +385,8 @@ class MeshClient:
             sent = time.perf_counter()
             return []
 
-        await self._call("ping", params, self._config.call_timeout_s)
+        await self._failover.call("ping", params, self._config.call_timeout_s)
         return time.perf_counter() - sent
-
-    # --- failover ------------------------------------------------------------------------
-
-    async def _call(
-        self, method: str, params: Callable[[float, int], list[Any]], timeout: float
-    ) -> tuple[NodeLink, Any]:
-        """Call ``method`` on the node in use, failing over while connections are lost.
-
-        ``params(elapsed, attempt)`` builds the parameters just before each
-        send. Returns the link that answered, and its answer.
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        tried: dict[str, str] = {}
-        sends = 0
-        while True:
-            link = self._link
-            if link is None or not link.alive or link.address in tried:
-                left = timeout - (loop.time() - started)
-                try:
-                    async with asyncio.timeout(left):
-                        link = await self._relink(tried)
-                except TimeoutError:
-                    raise RpcTimeout(
-                        f"{method}: no node could take it within {timeout:.3g} s{tried_text(tried)}"
-                    ) from None
-            elapsed = loop.time() - started
-            try:
-                return link, await link.call(
-                    method, params(elapsed, sends), timeout=max(timeout - elapsed, 0.001)
-                )
-            except PeerUnavailable as exc:
-                sends += 1
-                tried[link.address] = exc.message
-                self._choice.found_down(link.address, loop.time(), exc.message)
-                if isinstance(exc, Draining):
-                    self._retire(link)
-                log.info("%s on %s lost (%s); failing over", method, link.address, exc.message)
-
-    def _retire(self, link: NodeLink) -> None:
-        """``link``'s node is draining: new calls go elsewhere; its open calls stay."""
-        if self._link is link:
-            self._link = None
-            self._retired.append(link)
-
-    async def _relink(self, tried: dict[str, str]) -> NodeLink:
-        """A live link to a node ``tried`` does not name: the one in use, or a new one."""
-        async with self._switching:
-            if not self._open:
-                raise PeerUnavailable(
-                    "the client is not connected (closed, or never connected: "
-                    "use `async with` or connect())"
-                )
-            link = self._link
-            if link is not None and link.alive:
-                if link.address not in tried:
-                    return link
-                # It came back, but this call was lost there once already.
-                raise PeerUnavailable(f"no untried edgemesh node is connected{tried_text(tried)}")
-            if link is not None:
-                self._link = None
-                await link.aclose()
-            # Drained nodes have closed their side by now: let their links go.
-            for old in [old for old in self._retired if not old.alive]:
-                self._retired.remove(old)
-                await old.aclose()
-            return await self._switch(tried, connecting=False)
-
-    async def _switch(self, tried: dict[str, str], *, connecting: bool) -> NodeLink:
-        """Probe the nodes not in ``tried`` and make the least loaded live one current.
-
-        Nodes found dead are added to ``tried`` with the reason. Called with
-        the switching lock held.
-        """
-        loop = asyncio.get_running_loop()
-        dial = self._choice.dial(tried, loop.time(), connecting=connecting)
-        tried.update(dial.skipped)
-        if not dial.addresses:
-            raise PeerUnavailable(f"no edgemesh node left to try{tried_text(tried)}")
-        probes = await probe_all(
-            dial.addresses, config=self._config, key=self._key, heartbeat=self._heartbeat
-        )
-        links = [probe.link for probe in probes if probe.link is not None]
-        if not self._open:  # closed while we were dialling
-            for link in links:
-                await link.aclose()
-            raise PeerUnavailable("the client was closed")
-        errors = [probe.error for probe in probes if probe.error is not None]
-        for probe in probes:
-            if probe.error is not None:
-                tried[probe.address] = probe.error.message
-                self._choice.found_down(probe.address, loop.time(), probe.error.message)
-            elif probe.live:
-                self._choice.found_live(probe.address)
-        if not links:
-            raise give_up(errors, tried, connecting=connecting, candidates=len(self._addresses))
-        best, *rest = links
-        for link in rest:
-            await link.aclose()
-        self._link = best
-        if not connecting:
-            log.warning("edgemesh client failed over to %s", best.address)
-        return best
 
 
 def _no_params(elapsed: float, attempt: int) -> list[Any]:
