@@ -10,6 +10,7 @@ with a deadline the mesh alone cannot meet for the whole burst: the faster
 devices steal work, the overflow goes to the gateway. It ends with a table
 of where the requests ran, accuracy against the true labels, and latency,
 then (with the gateway) a joint-inference act: see :mod:`mesh.demo.joint_act`.
+The burst's requests and bookkeeping are :mod:`mesh.demo.burst`'s.
 
 Nothing leaves loopback, and every process is stopped (SIGTERM, then
 SIGKILL) even on Ctrl-C, SIGTERM or an error.
@@ -27,7 +28,6 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ import numpy as np
 
 from mesh.cli.client_commands import format_table
 from mesh.config import bundled_models_dir
-from mesh.demo.joint_act import CLOUD_MODEL, JointAct, node_flags, print_act, run_act
+from mesh.demo.burst import Burst, progress_line, send_burst, show_progress
+from mesh.demo.joint_act import CLOUD_MODEL, node_flags, print_act, run_act
 from mesh.demo.processes import (
     free_port,
     spawn_gateway,
@@ -45,7 +46,7 @@ from mesh.demo.processes import (
     wait_ready,
 )
 from mesh.demo.stopping import STOP_SIGNALS, StopSignals, ctrl_c_ignored, interrupts_deferred
-from mesh.errors import ConfigError, MeshError, PeerUnavailable, ProtocolError
+from mesh.errors import ConfigError, MeshError, PeerUnavailable
 from mesh.sdk.client import MeshClient
 
 __all__ = [
@@ -129,7 +130,7 @@ class _Fleet:
         return dict(zip(self.processes, codes, strict=True))
 
 
-# --- the burst ------------------------------------------------------------------
+# --- the digits, and driving the mesh (the burst itself is mesh.demo.burst's) ---
 
 
 def load_test_digits() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], float]:
@@ -138,85 +139,6 @@ def load_test_digits() -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], floa
     manifest = tomllib.loads((models / "manifest.toml").read_text())
     with np.load(models / manifest["dataset"]["file"]) as data:
         return data["X"], data["y"], float(manifest["models"][MODEL]["accuracy"])
-
-
-@dataclass
-class _Burst:
-    """What came back: a label (or -1), where it ran, and the latency of each request."""
-
-    total: int
-    labels: np.ndarray[Any, Any] = field(init=False)
-    ran_on: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    error_examples: dict[str, str] = field(default_factory=dict)
-    latencies: list[float] = field(default_factory=list)
-    started: float = field(default_factory=time.perf_counter)
-    elapsed: float = 0.0
-    joint: JointAct | None = None
-
-    def __post_init__(self) -> None:
-        self.labels = np.full(self.total, -1, dtype=np.int64)
-
-    @property
-    def done(self) -> int:
-        return sum(self.ran_on.values()) + sum(self.errors.values())
-
-
-async def _infer_one(
-    client: MeshClient, row: np.ndarray[Any, Any], deadline: float
-) -> tuple[int, str]:
-    """One digit's label and the name of whoever ran it."""
-    # The burst shows sharing: the entry's escalation rule is the next act's.
-    answer = await client.infer(MODEL, {"X": row}, deadline=deadline, escalate=False)
-    label = answer.get("label")
-    if label is None or label.shape != (1,):
-        raise ProtocolError(f"expected one label, got {None if label is None else label.shape}")
-    return int(label[0]), answer.ran_on
-
-
-async def _send_burst(
-    client: MeshClient, pixels: np.ndarray[Any, Any], deadline: float, burst: _Burst
-) -> None:
-    async def one(index: int) -> None:
-        begin = time.perf_counter()
-        try:
-            burst.labels[index], where = await _infer_one(
-                client, pixels[index : index + 1], deadline
-            )
-        except MeshError as exc:
-            # The table reports failures by kind; one refusal must not hide the rest.
-            burst.errors[exc.code] += 1
-            burst.error_examples.setdefault(exc.code, exc.message)
-            return
-        burst.latencies.append(time.perf_counter() - begin)
-        burst.ran_on[where] += 1
-
-    burst.started = time.perf_counter()
-    async with asyncio.TaskGroup() as tasks:
-        for index in range(len(pixels)):
-            tasks.create_task(one(index))
-    burst.elapsed = time.perf_counter() - burst.started
-
-
-def _progress_line(burst: _Burst) -> str:
-    width = 30
-    done = burst.done
-    filled = width * done // burst.total
-    rate = done / max(time.perf_counter() - burst.started, 1e-9)
-    bar = "#" * filled + "." * (width - filled)
-    failed = sum(burst.errors.values())
-    return (
-        f"  [{bar}] {done}/{burst.total}  {rate:,.0f} req/s  "
-        f"gateway {burst.ran_on['gateway']}  failed {failed}"
-    )
-
-
-async def _show_progress(burst: _Burst) -> None:
-    """Redraw the bar until cancelled (on a terminal only: logs get the final line)."""
-    while True:
-        sys.stderr.write("\r" + _progress_line(burst))
-        sys.stderr.flush()
-        await asyncio.sleep(0.1)
 
 
 async def _wait_formed(fleet: _Fleet) -> float:
@@ -252,7 +174,7 @@ async def _status(fleet: _Fleet, name: str) -> dict[str, Any]:
 
 
 async def _drive(
-    fleet: _Fleet, pixels: np.ndarray[Any, Any], deadline: float, burst: _Burst
+    fleet: _Fleet, pixels: np.ndarray[Any, Any], deadline: float, burst: Burst
 ) -> tuple[float, dict[str, dict[str, Any]]]:
     """Wait for the mesh, send the burst with a progress bar, then read every node's status."""
     formed = await _wait_formed(fleet)
@@ -266,14 +188,14 @@ async def _drive(
     # The whole burst rides one connection, as an app's single client would.
     client = MeshClient(f"127.0.0.1:{fleet.ports[entry]}", mesh_key=fleet.key)
     async with client, asyncio.TaskGroup() as tasks:
-        bar = tasks.create_task(_show_progress(burst)) if sys.stderr.isatty() else None
+        bar = tasks.create_task(show_progress(burst)) if sys.stderr.isatty() else None
         try:
-            await _send_burst(client, pixels, deadline, burst)
+            await send_burst(client, MODEL, pixels, deadline, burst)
         finally:
             if bar is not None:
                 bar.cancel()
     prefix = "\r" if sys.stderr.isatty() else ""
-    sys.stderr.write(prefix + _progress_line(burst) + "\n")
+    sys.stderr.write(prefix + progress_line(burst) + "\n")
     sys.stderr.flush()
     statuses = {device.name: await _status(fleet, device.name) for device in DEVICES}
     if "gateway" in fleet.ports:
@@ -286,7 +208,7 @@ async def _drive_until_stopped(
     fleet: _Fleet,
     pixels: np.ndarray[Any, Any],
     deadline: float,
-    burst: _Burst,
+    burst: Burst,
 ) -> tuple[float, dict[str, dict[str, Any]]] | None:
     """:func:`_drive`, or None once Ctrl-C or SIGTERM stopped it.
 
@@ -333,7 +255,7 @@ async def _drive_until_stopped(
 
 
 def _report(
-    burst: _Burst,
+    burst: Burst,
     statuses: dict[str, dict[str, Any]],
     truth: np.ndarray[Any, Any],
     gateway: bool,
@@ -417,7 +339,7 @@ def run_demo(
     work = Path(tempfile.mkdtemp(prefix="edgemesh-demo-")) if workdir is None else workdir
     work.mkdir(parents=True, exist_ok=True)
     fleet = _Fleet(work)
-    burst = _Burst(len(pixels))
+    burst = Burst(len(pixels))
     names = ", ".join(f"{d.name} ({d.speed:g}x)" for d in DEVICES)
     print(f"edgemesh demo: {len(DEVICES)} emulated devices on 127.0.0.1, real handwritten digits")
     started = time.perf_counter()
@@ -467,7 +389,7 @@ def _interrupted() -> int:
 
 
 def _verdict(
-    burst: _Burst,
+    burst: Burst,
     accuracy: float | None,
     manifest_accuracy: float | None,
     gateway: bool,
