@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import socket
 import time
@@ -35,30 +34,34 @@ from collections import Counter
 from typing import Any
 
 from mesh._version import __version__
-from mesh.config import DEFAULT_RPC_PORT, NodeConfig
-from mesh.core.membership.adverts import Advert
+from mesh.config import NodeConfig
 from mesh.core.membership.leaving import Leaving
 from mesh.core.membership.peers import Load, ModelHolding
 from mesh.core.scheduling.draining import refused
-from mesh.core.scheduling.jobs import SchedulerConfig
-from mesh.core.wire.addresses import default_node_name, mdns_interfaces
 from mesh.core.wire.auth import mesh_id
 from mesh.core.wire.requests import InferRequest
 from mesh.errors import MeshError
 from mesh.gateway.client import GatewayClient
 from mesh.http.server import HttpServer
-from mesh.listening import write_ready_file
-from mesh.mdns import MdnsDiscovery, check_own_addresses
+from mesh.mdns import MdnsDiscovery
 from mesh.node.catalog import metadata_in_mesh, models_in_mesh
 from mesh.node.counters import RequestCounters
 from mesh.node.draining import drain_and_leave
 from mesh.node.escalation import JointInference, manifest_rules, rules_by_model
-from mesh.node.http_face import NodeHttpFace, claim_ports, http_status
+from mesh.node.http_face import NodeHttpFace, http_status
 from mesh.node.membership import MeshMembership, SelfInfo
 from mesh.node.model_store import ModelStore
 from mesh.node.model_transfer import ModelTransfer, node_transfer
 from mesh.node.routing import Fallback
 from mesh.node.rpc_face import NodeRpcFace
+from mesh.node.starting import (
+    advert,
+    announce,
+    check_gateway,
+    claim_addresses,
+    scheduler_config,
+    warn_if_open,
+)
 from mesh.node.work_sharing import WorkSharing
 from mesh.rpc import RpcConnection, RpcServer
 from mesh.runtime.runtime import Runtime
@@ -181,7 +184,7 @@ class Node:
         this machine's. A name taken on the network shows only once mDNS
         probes for it: NameTaken, after the node has started.
         """
-        self._claim_addresses()
+        self.config, self._listeners = claim_addresses(self.config)
         try:
             if self._runtime is None:
                 # Loading verifies hashes and builds sessions: seconds of CPU on
@@ -200,40 +203,9 @@ class Node:
             for sock in self._listeners:
                 sock.close()
 
-    def _claim_addresses(self) -> None:
-        config = self.config
-        interfaces = config.mesh.interfaces
-        # mDNS on --host's own address is checked by binding it, naming --host.
-        if (
-            config.mesh.mdns
-            and interfaces is not None
-            and interfaces != mdns_interfaces(config.host, None)
-        ):
-            check_own_addresses(interfaces)
-        self._listeners = claim_ports(config)
-        self._name_by_port()
-
-    def _name_by_port(self) -> None:
-        """Say what a node given no name is called; with port 0, add the port it bound."""
-        config = self.config
-        if not config.name_from_host:
-            return
-        if config.port == 0:
-            bound = self._listeners[0].getsockname()[1]
-            name = default_node_name(config.name, bound, default_port=DEFAULT_RPC_PORT)
-            self.config = config = dataclasses.replace(config, name=name)
-        log.info("no --name given: calling this node %r", config.name)
-
     async def _serve(self) -> None:
         config = self.config
-        if config.mesh_key is None:
-            log.warning(
-                "node %s runs an OPEN mesh: anyone who can reach %s:%d can use it. "
-                "Give every node the same --mesh-key-file to close it.",
-                config.name,
-                config.host,
-                self._listeners[0].getsockname()[1],
-            )
+        warn_if_open(config, self._listeners[0].getsockname()[1])
         self._server = RpcServer(
             host=config.host,
             port=config.port,
@@ -256,7 +228,7 @@ class Node:
             node_id=self.id,
             name=config.name,
             runtime=self.runtime,
-            config=self._scheduler_config(),
+            config=scheduler_config(config, self.runtime.threads),
             emulation=config.work.emulation,
             link=self._link,
         )
@@ -316,7 +288,13 @@ class Node:
             started.append(tasks.create_task(membership.run()))
             if config.mesh.mdns:
                 discovery = MdnsDiscovery(
-                    advert=self._advert(port),
+                    advert=advert(
+                        config,
+                        node_id=self.id,
+                        mesh_id=self.mesh_id,
+                        rpc_port=port,
+                        http_port=self.http_port,
+                    ),
                     interfaces=config.mesh.interfaces,
                     on_event=membership.on_discovery,
                 )
@@ -325,21 +303,13 @@ class Node:
             if self._gateway is not None:
                 # Said, not waited for: a gateway that is down only costs
                 # requests the mesh cannot serve (issue 20).
-                started.append(tasks.create_task(self._check_gateway(self._gateway)))
+                started.append(tasks.create_task(check_gateway(self._gateway)))
             await self._until_asked()
             if self.draining and not self.stopping:
                 await self._drain_then_leave(work)
             log.info("node %s stopping", config.name)
             for task in started:
                 task.cancel()
-
-    async def _check_gateway(self, gateway: GatewayClient) -> None:
-        """Log once, at start, whether the ``--gateway`` URL answers."""
-        ok, line = await gateway.check()
-        if ok:
-            log.info("%s", line)
-        else:
-            log.warning("%s", line)
 
     async def _until_asked(self) -> None:
         """Wait for :meth:`stop` or :meth:`drain`."""
@@ -366,29 +336,6 @@ class Node:
             leaving=Leaving(self.config.name, self.id, self.incarnation),
         )
 
-    def _advert(self, port: int) -> Advert:
-        return Advert(
-            name=self.config.name,
-            id=self.id,
-            version=__version__,
-            rpc_port=port,
-            http_port=self.http_port,
-            role="node",
-            mesh_id=self.mesh_id,
-        )
-
-    def _scheduler_config(self) -> SchedulerConfig:
-        work = self.config.work
-        slots = work.slots or self.runtime.threads
-        queue_cap = self.config.fallback.queue_cap
-        if work.emulation is not None:
-            # An emulated device runs `slots` calls at once and no more; a
-            # deeper hand-off would count waiting calls as running.
-            return SchedulerConfig(
-                slots=slots, steal=work.steal, solo_depth=slots, queue_cap=queue_cap
-            )
-        return SchedulerConfig(slots=slots, steal=work.steal, queue_cap=queue_cap)
-
     def _link(self, name: str) -> RpcConnection | None:
         return None if self._membership is None else self._membership.link(name)
 
@@ -414,25 +361,14 @@ class Node:
         return self._work
 
     def _announce(self, port: int) -> None:
-        config = self.config
-        log.info(
-            "node %s (%s) listening on %s:%d with models %s; mesh %s",
-            config.name,
-            self.id,
-            config.host,
-            port,
-            ", ".join(self.runtime.names) or "(none)",
-            self.mesh_id,
+        announce(
+            self.config,
+            node_id=self.id,
+            mesh_id=self.mesh_id,
+            port=port,
+            http_port=self.http_port,
+            models=self.runtime.names,
         )
-        if config.ready_file is not None:
-            info = {
-                "name": config.name,
-                "id": self.id,
-                "host": config.host,
-                "rpc_port": port,
-                "http_port": self.http_port,
-            }
-            write_ready_file(config.ready_file, info)
         self.ready.set()
 
     # --- what the RPC face asks ------------------------------------------------
