@@ -127,6 +127,13 @@ def add_node_command(commands: Any) -> None:
         help="do not share work: run only what enters this node, and give none away",
     )
     node.add_argument(
+        "--model-store",
+        metavar="DIR",
+        help="where models pulled from peers or pushed by 'edgemesh models push' are "
+        "written and served from, scanned like --models (default: the first --models "
+        "directory; a node serving only the bundled models refuses pulls and pushes)",
+    )
+    node.add_argument(
         "--fetch-models",
         action="store_const",
         const=True,

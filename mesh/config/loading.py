@@ -94,6 +94,7 @@ _NODE_SETTINGS: dict[str, Callable[[str, object], object]] = {
     "slots": positive_int,
     "steal": flag,
     "fetch_models": flag,
+    "model_store": nonempty_text,
     "emulate_speed": positive_number,
     "emulate_service_ms": non_negative_number,
     "http_port": port_number,
@@ -212,9 +213,17 @@ def load_node_config(
 def _runtime_config(settings: Mapping[str, Any]) -> RuntimeConfig:
     """Where models come from and how they run: the same keys for a node and the gateway."""
     defaults = RuntimeConfig()
+    model_dirs = (
+        tuple(Path(d).expanduser() for d in settings.get("models", ())) or defaults.model_dirs
+    )
+    store = settings.get("model_store")
+    store_dir = None if store is None else Path(store).expanduser()
+    if store_dir is not None:
+        # First: installs land there, and it is scanned like the others.
+        model_dirs = (store_dir, *(d for d in model_dirs if d != store_dir))
     return RuntimeConfig(
-        model_dirs=tuple(Path(d).expanduser() for d in settings.get("models", ()))
-        or defaults.model_dirs,
+        model_dirs=model_dirs,
+        store_dir=store_dir,
         model_names=settings.get("model") or None,
         intra_op_threads=settings.get("intra_op_threads", defaults.intra_op_threads),
         per_model_concurrency=settings.get("per_model_concurrency", defaults.per_model_concurrency),

@@ -49,6 +49,12 @@ class RuntimeConfig:
     # A node rescans its model directories this often, in seconds, and serves
     # what changed (hot reload); 0 rescans only on SIGHUP or `reload`.
     reload_interval_s: float = 2.0
+    # Where models pulled from peers or pushed by a client are written (as
+    # NAME/VERSION/model.onnx) and served from; it is also scanned like any
+    # model directory. None: the first model directory, unless that is the
+    # bundled one, which edgemesh never writes into (it may be inside the
+    # installed package): such a node refuses pulls and pushes until told.
+    store_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from mesh.core.models.signatures import ModelSpec, check_model_name
 from mesh.core.models.versions import check_version, next_version
 from mesh.errors import ConfigError, MeshError, ModelError
 from mesh.runtime.loading import LoadedModel, load_file
-from mesh.runtime.model_files import VERSION_FILE, ModelFile, find_model_files
+from mesh.runtime.model_files import VERSION_FILE, ModelFile, find_model_files, model_store_dir
 from mesh.runtime.runtime import Runtime
 
 __all__ = ["ModelStore", "ReloadReport", "shas_by_name"]
@@ -242,7 +242,7 @@ class ModelStore:
                 " (another file); give another version"
             )
         label = version or next_version([*served, *on_disk])
-        dest = Path(self._config.model_dirs[0]) / name / label / VERSION_FILE
+        dest = model_store_dir(self._config) / name / label / VERSION_FILE
         if dest.exists():
             raise ModelError(f"{dest} already exists; give another version than '{label}'")
         model = await asyncio.to_thread(self._place, path, dest, name, label, sha256)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from mesh.config import RuntimeConfig
 from mesh.core.models.signatures import ModelSpec
 from mesh.core.policy.model_sources import Offer, choose_sources
 from mesh.core.wire.model_transfer import (
@@ -54,6 +55,7 @@ from mesh.errors import (
 from mesh.node.membership import MeshMembership
 from mesh.node.model_uploads import ModelFiles, TransferConfig, Uploads, open_part
 from mesh.rpc import RpcConnection
+from mesh.runtime.model_files import NO_MODEL_STORE, model_store_dir
 
 if TYPE_CHECKING:  # the node imports this module; only types flow back
     from mesh.node.node import Node
@@ -168,6 +170,8 @@ class ModelTransfer:
         if here is not None:
             size = _size_or_zero(self._files.file_of(here.sha256))
             return PullReport(here.name, here.version, here.sha256, size, None, 0.0)
+        if self._config.incoming_dir is None:
+            raise ModelError(NO_MODEL_STORE)  # said before any peer is asked
         task = self._pulls.get(ref)
         if task is None:
             if self._tasks is None:
@@ -414,7 +418,7 @@ def node_transfer(node: Node, files: ModelFiles) -> ModelTransfer:
     return ModelTransfer(
         files,
         TransferConfig(
-            incoming_dir=config.runtime.model_dirs[0],
+            incoming_dir=_store_dir_or_none(config.runtime),
             # A chunk and its framing must fit in one message both ways.
             chunk_bytes=max(1, min(MAX_CHUNK_BYTES, config.rpc.max_message_bytes // 2)),
             call_timeout_s=config.rpc.call_timeout_s,
@@ -447,3 +451,11 @@ def _size_or_zero(path: Path | None) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def _store_dir_or_none(config: RuntimeConfig) -> Path | None:
+    # None refuses pulls and pushes with the reason, when one is asked for.
+    try:
+        return model_store_dir(config)
+    except ModelError:
+        return None

@@ -34,6 +34,7 @@ from mesh.core.wire.model_transfer import (
 )
 from mesh.errors import BadRequest, MeshError, ModelError, Overloaded
 from mesh.rpc import RpcConnection
+from mesh.runtime.model_files import NO_MODEL_STORE
 
 __all__ = ["ModelFiles", "TransferConfig", "Uploads", "open_part"]
 
@@ -68,7 +69,7 @@ class TransferConfig:
 
     # Where temporary copies are written: beside the models, so that install
     # is a rename on the same file system.
-    incoming_dir: Path
+    incoming_dir: Path | None
     # Chunk requests a pull keeps in flight.
     window: int = DEFAULT_WINDOW
     # Largest chunk this node reads or asks for.
@@ -82,8 +83,13 @@ class TransferConfig:
     fetch: bool = False
 
 
-def open_part(directory: Path, name: str) -> tuple[Path, IO[bytes]]:
-    """A new hidden temporary file in ``directory`` (OSError mapped to ModelError)."""
+def open_part(directory: Path | None, name: str) -> tuple[Path, IO[bytes]]:
+    """A new hidden temporary file in ``directory`` (OSError mapped to ModelError).
+
+    None: the node has no model store (see :func:`model_store_dir`).
+    """
+    if directory is None:
+        raise ModelError(NO_MODEL_STORE)
     path = directory / f".{name}-{secrets.token_hex(6)}{_PART_SUFFIX}"
     try:
         directory.mkdir(parents=True, exist_ok=True)

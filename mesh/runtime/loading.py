@@ -153,6 +153,14 @@ def check_runtime_config(config: RuntimeConfig) -> None:
             raise ConfigError(f"runtime.{key} must be an integer >= 1, got {value!r}")
     if not config.model_dirs:
         raise ConfigError("runtime.model_dirs is empty: give at least one model directory")
+    if config.store_dir is not None:
+        # Made here, so a fresh --model-store is scanned like any model dir.
+        try:
+            config.store_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"model_store: cannot create {config.store_dir}: {exc.strerror or exc}"
+            ) from None
 
 
 def load_models(config: RuntimeConfig) -> list[LoadedModel]:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh.config import RuntimeConfig, bundled_models_dir
 from mesh.core.models.manifest import ManifestEntry, parse_manifest
 from mesh.core.models.signatures import check_model_name
 from mesh.core.models.versions import FIRST_VERSION, check_version
@@ -27,9 +28,11 @@ from mesh.errors import ConfigError, ModelError, ModelIntegrityError
 
 __all__ = [
     "MANIFEST_NAME",
+    "NO_MODEL_STORE",
     "VERSION_FILE",
     "ModelFile",
     "find_model_files",
+    "model_store_dir",
     "read_manifest",
     "read_model_bytes",
     "select_model_files",
@@ -164,6 +167,28 @@ def _version_file(version_dir: Path) -> Path | None:
             VERSION_FILE,
         )
     return None
+
+
+NO_MODEL_STORE = (
+    "this node serves only the bundled models and has nowhere to keep a new one;"
+    " start it with --model-store DIR (or --models DIR) to take pulled and pushed models"
+)
+
+
+def model_store_dir(config: RuntimeConfig) -> Path:
+    """The directory that pulled and pushed models go into; ModelError when there is none.
+
+    ``store_dir`` when set (config loading puts it first in ``model_dirs``),
+    else the first model directory unless it is the bundled one: those files
+    ship with edgemesh, possibly inside a read-only installed package, and a
+    model written there would outlive the node's own settings.
+    """
+    if config.store_dir is not None:
+        return config.store_dir
+    first = Path(config.model_dirs[0])
+    if first.resolve() == bundled_models_dir().resolve():
+        raise ModelError(NO_MODEL_STORE)
+    return first
 
 
 def read_manifest(path: Path) -> dict[str, ManifestEntry]:
