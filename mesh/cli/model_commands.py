@@ -1,11 +1,13 @@
-"""``edgemesh models pull`` and ``edgemesh models push``: give a node a model.
+"""``edgemesh models pull``, ``push`` and ``reload``: give a node a model, or make it look.
 
 ``pull NAME[:VERSION] --node HOST:PORT`` tells that node to fetch the model
 from a peer that serves it (over the mesh link, verified before it loads)
 and to serve it; ``push FILE --node HOST:PORT`` uploads a local ``.onnx`` file
 to the node in chunks, which it verifies and serves. Both use the mesh key
 (``--mesh-key-file`` or ``EDGEMESH_MESH_KEY``) like every client command.
-The wire is :mod:`mesh.core.wire.model_transfer`.
+``reload --node HOST:PORT`` makes the node rescan its model directories now
+(as SIGHUP does) and prints what changed. The wire is
+:mod:`mesh.core.wire.model_transfer` and the node's ``reload`` method.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ from mesh.core.wire.model_transfer import (
 from mesh.errors import BadRequest, ConfigError, ProtocolError
 from mesh.rpc import RpcClient
 
+# The node's method that rescans its model directories (mesh.node.rpc_face).
+RELOAD = "reload"
+
 __all__ = ["add_model_commands", "size_text"]
 
 
 def add_model_commands(models: argparse.ArgumentParser) -> None:
-    """Add ``pull`` and ``push`` under the ``edgemesh models`` parser."""
-    actions = models.add_subparsers(title="actions", metavar="{pull,push}")
+    """Add ``pull``, ``push`` and ``reload`` under the ``edgemesh models`` parser."""
+    actions = models.add_subparsers(title="actions", metavar="{pull,push,reload}")
     pull = actions.add_parser(
         "pull",
         help="make a node fetch a model from a peer and serve it",
@@ -72,6 +77,19 @@ def add_model_commands(models: argparse.ArgumentParser) -> None:
     push.add_argument("--version", help="its version (default: the node numbers it)")
     _add_flags(push, timeout=300.0)
     push.set_defaults(command="models push", handler=_cmd_push)
+
+    reload = actions.add_parser(
+        "reload",
+        help="make a node rescan its model directories now and say what changed",
+        description=(
+            "Ask the node to rescan its model directories now, as SIGHUP does: new files and "
+            "versions start serving, removed ones retire once their requests are done, and a "
+            "file that fails to load is reported while what served before keeps serving. "
+            "Needs the mesh key on a keyed mesh (a client key cannot reload a node)."
+        ),
+    )
+    _add_flags(reload, timeout=120.0)
+    reload.set_defaults(command="models reload", handler=_cmd_reload)
 
 
 def _add_flags(parser: argparse.ArgumentParser, *, timeout: float) -> None:
@@ -158,6 +176,32 @@ def _cmd_pull(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         f"from {answer.get('source')} in {seconds:.2f} s"
     )
     return 0
+
+
+# --- reload ----------------------------------------------------------------------
+
+
+def _cmd_reload(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    async def run() -> Any:
+        async with _connect(args, environ) as client:
+            return await client.call(RELOAD, [], timeout=args.transfer_timeout)
+
+    answer = asyncio.run(run())
+    if not isinstance(answer, dict):
+        raise ProtocolError(f"{RELOAD} answered {type(answer).__name__}; expected a map")
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    for verb, key in (("serves", "added"), ("retires", "retired")):
+        for model in answer.get(key) or ():
+            sha = str(model.get("sha256", ""))[:12]
+            print(f"{args.node} {verb} {model.get('name')} version {model.get('version')} ({sha})")
+    for failure in answer.get("failed") or ():
+        print(f"{args.node} cannot serve {failure.get('path')}: {failure.get('error')}")
+    if not any(answer.get(key) for key in ("added", "retired", "failed")):
+        print(f"{args.node}: no change in its model directories")
+    # A file that would not load is worth a non-zero status to a script.
+    return 1 if answer.get("failed") else 0
 
 
 # --- push ------------------------------------------------------------------------

@@ -204,7 +204,8 @@ class ModelStore:
         """Serve the model file at ``path`` as ``name`` (``version``, else the next number).
 
         The file must have ``sha256`` (checked again here, on the bytes that
-        are loaded). It is moved to ``<first model dir>/<name>/<version>/model.onnx``
+        are loaded). It is moved to ``<model store>/<name>/<version>/model.onnx``
+        (:func:`~mesh.runtime.model_files.model_store_dir`)
         and served from there. ModelError when it cannot be (bad name or
         version, wrong sha256, a version of that label with another file,
         onnxruntime refuses it); the file at ``path`` is then removed.
