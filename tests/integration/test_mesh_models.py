@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -23,7 +22,8 @@ from mesh import Client, MeshClient, ModelLocation
 from mesh.config import GatewayClientConfig, HttpConfig, RuntimeConfig
 from mesh.gateway.server import Gateway
 from mesh.node.node import Node
-from tests.helpers import MODELS_DIR, REPO
+from tests.helpers import MODELS_DIR
+from tests.helpers.cli import run_edgemesh
 from tests.helpers.gateway import gateway_config, misbehaving_server, running_gateway
 from tests.helpers.nodes import converged, mesh_node_config, running_node
 from tests.helpers.raw_rpc import RawConnection
@@ -174,26 +174,10 @@ async def test_the_repository_index_over_http() -> None:
         )
 
 
-async def run_cli(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mesh",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_the_models_command_shows_where_each_model_is() -> None:
     async with two_nodes_and_a_gateway() as (a, _, _):
         node = ("--node", f"127.0.0.1:{a.port}")
-        code, out, err = await run_cli("models", *node)
+        code, out, err = await run_edgemesh("models", *node)
         assert code == 0, err
         lines = out.splitlines()
         assert lines[0].split() == ["model", "where", "version", "inputs", "outputs", "sha256"]
@@ -203,12 +187,12 @@ async def test_the_models_command_shows_where_each_model_is() -> None:
         assert rows[2][:2] == ["digits-small", "here"]
         assert "X float32[-1, 64]" in lines[4]
 
-        code, out, err = await run_cli("models", *node, "--json")
+        code, out, err = await run_edgemesh("models", *node, "--json")
         assert code == 0, err
         assert places(json.loads(out)["models"])[0] == ("cnn-heavy", "peer", "n1")
 
         # --local is the node's own models, as before.
-        code, out, err = await run_cli("models", *node, "--local")
+        code, out, err = await run_edgemesh("models", *node, "--local")
         assert code == 0, err
         assert out.splitlines()[0].split()[:2] == ["model", "version"]
         assert [line.split()[0] for line in out.splitlines()[2:]] == ["digits-small"]

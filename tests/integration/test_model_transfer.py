@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import hashlib
 import shutil
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,8 @@ from mesh.core.wire.tensors import decode_tensors, encode_tensors
 from mesh.errors import ModelIntegrityError, ModelNotFound, ModelTransferFailed
 from mesh.node.node import Node
 from mesh.rpc import RpcClient
-from tests.helpers import MODELS_DIR, REPO
+from tests.helpers import MODELS_DIR
+from tests.helpers.cli import run_edgemesh
 from tests.helpers.nodes import converged, crash, node_config, running_node
 
 pytestmark = pytest.mark.timeout(90)
@@ -322,44 +322,28 @@ def test_fetch_models_is_a_flag_a_toml_key_and_a_variable(tmp_path: Path) -> Non
     assert load_node_config({}, {}, toml).fetch_models is True
 
 
-async def edgemesh(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mesh",
-        *args,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
-
-
 async def test_the_pull_and_push_commands_say_what_happened(tmp_path: Path) -> None:
     async with mesh(tmp_path, {"holder": [LARGE], "puller": ["digits-small"]}) as n:
         node = f"127.0.0.1:{n['puller'].port}"
-        status, out, err = await edgemesh("models", "pull", LARGE, "--node", node)
+        status, out, err = await run_edgemesh("models", "pull", LARGE, "--node", node)
         assert status == 0, err
         assert f"{node} now serves {LARGE} version" in out
         assert "200.5 KiB" in out and "from holder in" in out
 
-        status, out, _ = await edgemesh("models", "pull", LARGE, "--node", node)
+        status, out, _ = await run_edgemesh("models", "pull", LARGE, "--node", node)
         assert status == 0 and f"{node} already serves {LARGE}" in out
 
-        status, _, err = await edgemesh("models", "pull", "nowhere:3", "--node", node)
+        status, _, err = await run_edgemesh("models", "pull", "nowhere:3", "--node", node)
         assert status == 1
         assert err.startswith("edgemesh: ModelNotFound: no live peer serves model 'nowhere:3'")
 
         model = tmp_path / "mine.onnx"
         shutil.copy(MODELS_DIR / "digits-small.onnx", model)
         args = ("models", "push", str(model), "--node", node, "--version", "5")
-        status, out, err = await edgemesh(*args)
+        status, out, err = await run_edgemesh(*args)
         assert status == 0, err
         assert f"{node} now serves mine version 5: 4.3 KiB" in out
         assert "mine" in n["puller"].runtime
 
-        status, _, err = await edgemesh("models", "push", str(tmp_path / "absent.onnx"))
+        status, _, err = await run_edgemesh("models", "push", str(tmp_path / "absent.onnx"))
         assert status == 2 and "cannot read" in err
