@@ -12,13 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.config import GatewayServerConfig, HttpConfig
+from mesh.config import GatewayServerConfig, HttpConfig, RuntimeConfig
 from mesh.demo.processes import start_gateway_process
 from mesh.gateway.server import Gateway
 from mesh.runtime.runtime import Runtime
+from tests.helpers import MODELS_DIR
 
 __all__ = [
     "gateway_config",
+    "gateway_runtime",
     "misbehaving_server",
     "running_gateway",
     "start_gateway",
@@ -39,6 +41,23 @@ def gateway_config(port: int = 0, **overrides: Any) -> GatewayServerConfig:
     settings: dict[str, Any] = {"host": "127.0.0.1", "http": HttpConfig(port=port)}
     settings.update(overrides)
     return GatewayServerConfig(**settings)
+
+
+def gateway_runtime(*, concurrency: int = 2) -> Runtime:
+    """A runtime of the bundled digits-small and digits-large, as a test gateway serves them.
+
+    ``concurrency`` is both the per-model concurrency and the executor's thread
+    count. The models load here; use it as a context manager
+    (``with gateway_runtime() as runtime``) so its threads stop on exit.
+    """
+    return Runtime(
+        RuntimeConfig(
+            model_dirs=(MODELS_DIR,),
+            model_names=("digits-small", "digits-large"),
+            per_model_concurrency=concurrency,
+            executor_threads=concurrency,
+        )
+    )
 
 
 @contextlib.asynccontextmanager

@@ -30,7 +30,12 @@ from mesh.rpc import RpcClient
 from mesh.runtime.runtime import Runtime
 from mesh.sdk.client import MeshClient
 from tests.helpers import MODELS_DIR
-from tests.helpers.gateway import gateway_config, misbehaving_server, running_gateway
+from tests.helpers.gateway import (
+    gateway_config,
+    gateway_runtime,
+    misbehaving_server,
+    running_gateway,
+)
 from tests.helpers.nodes import mesh_node_config, node_config, running_node
 
 RULE = EscalationRule(model="digits-small", to="digits-large", threshold=0.9)
@@ -46,14 +51,7 @@ def digits() -> np.ndarray[Any, Any]:
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[Runtime]:
-    with Runtime(
-        RuntimeConfig(
-            model_dirs=(MODELS_DIR,),
-            model_names=("digits-small", "digits-large"),
-            per_model_concurrency=2,
-            executor_threads=2,
-        )
-    ) as loaded:
+    with gateway_runtime() as loaded:
         yield loaded
 
 

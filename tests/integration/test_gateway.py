@@ -16,7 +16,6 @@ from mesh.config import (
     BreakerConfig,
     Emulation,
     GatewayClientConfig,
-    RuntimeConfig,
     load_gateway_config,
 )
 from mesh.core.wire.oip import model_metadata
@@ -34,8 +33,12 @@ from mesh.errors import (
 from mesh.gateway.client import GatewayClient
 from mesh.gateway.server import RuntimeService
 from mesh.runtime.runtime import Runtime
-from tests.helpers import MODELS_DIR
-from tests.helpers.gateway import gateway_config, misbehaving_server, running_gateway
+from tests.helpers.gateway import (
+    gateway_config,
+    gateway_runtime,
+    misbehaving_server,
+    running_gateway,
+)
 
 Digits = tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]
 FAST_BREAKER = BreakerConfig(failure_threshold=3, open_s=0.05, max_open_s=0.2)
@@ -43,14 +46,7 @@ FAST_BREAKER = BreakerConfig(failure_threshold=3, open_s=0.05, max_open_s=0.2)
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[Runtime]:
-    with Runtime(
-        RuntimeConfig(
-            model_dirs=(MODELS_DIR,),
-            model_names=("digits-small", "digits-large"),
-            per_model_concurrency=2,
-            executor_threads=2,
-        )
-    ) as loaded:
+    with gateway_runtime() as loaded:
         yield loaded
 
 

@@ -22,13 +22,13 @@ import aiohttp
 import numpy as np
 import pytest
 
-from mesh.config import GatewayClientConfig, HttpConfig, RuntimeConfig, load_node_config
+from mesh.config import GatewayClientConfig, HttpConfig, load_node_config
 from mesh.errors import ConfigError, ModelNotFound
 from mesh.node.http_face import claim_ports
 from mesh.runtime.runtime import Runtime
 from mesh.sdk.client import MeshClient
-from tests.helpers import KEY, MODELS_DIR
-from tests.helpers.gateway import gateway_config, running_gateway
+from tests.helpers import KEY
+from tests.helpers.gateway import gateway_config, gateway_runtime, running_gateway
 from tests.helpers.nodes import node_config, running_node
 from tests.helpers.tls import token_file
 
@@ -53,14 +53,7 @@ PROTECTED = [
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[Runtime]:
-    with Runtime(
-        RuntimeConfig(
-            model_dirs=(MODELS_DIR,),
-            model_names=("digits-small", "digits-large"),
-            per_model_concurrency=1,
-            executor_threads=1,
-        )
-    ) as loaded:
+    with gateway_runtime(concurrency=1) as loaded:
         yield loaded
 
 

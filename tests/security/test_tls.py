@@ -21,7 +21,6 @@ from mesh.config import (
     BreakerConfig,
     GatewayClientConfig,
     HttpConfig,
-    RuntimeConfig,
     load_gateway_config,
     load_node_config,
 )
@@ -29,8 +28,7 @@ from mesh.errors import ConfigError, Overloaded, PeerUnavailable
 from mesh.gateway.client import GatewayClient
 from mesh.runtime.runtime import Runtime
 from mesh.sdk.client import MeshClient
-from tests.helpers import MODELS_DIR
-from tests.helpers.gateway import gateway_config, running_gateway
+from tests.helpers.gateway import gateway_config, gateway_runtime, running_gateway
 from tests.helpers.nodes import node_config, running_node
 from tests.helpers.tls import Certificate, self_signed, token_file
 
@@ -42,14 +40,7 @@ FAST_BREAKER = BreakerConfig(failure_threshold=2, open_s=0.05, max_open_s=0.2)
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[Runtime]:
-    with Runtime(
-        RuntimeConfig(
-            model_dirs=(MODELS_DIR,),
-            model_names=("digits-small", "digits-large"),
-            per_model_concurrency=1,
-            executor_threads=1,
-        )
-    ) as loaded:
+    with gateway_runtime(concurrency=1) as loaded:
         yield loaded
 
 
