@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from mesh.errors import (
 from mesh.rpc import Methods, RpcClient, RpcConnection, RpcServer
 from tests.helpers import KEY
 from tests.helpers.raw_rpc import RawConnection
+from tests.helpers.rpc_server import bound_port, serving_rpc
 
 
 async def sleep_then_echo(_: RpcConnection, params: list[Any]) -> Any:
@@ -40,37 +40,14 @@ def echo(_: RpcConnection, params: list[Any]) -> Any:
 METHODS = Methods(inline={"echo": echo}, concurrent={"sleep_echo": sleep_then_echo})
 
 
-@contextlib.asynccontextmanager
-async def serving(
+def serving(
     *, key: bytes | None = None, config: RpcConfig | None = None
-) -> AsyncIterator[RpcServer]:
-    server = RpcServer(
-        host="127.0.0.1",
-        port=0,
-        config=config or RpcConfig(),
-        methods=METHODS,
-        key=key,
-        hello_info=lambda: {"name": "rpc-test"},
-    )
-    await server.start()
-    listening = asyncio.Event()
-    task = asyncio.create_task(server.serve(listening))
-    await listening.wait()
-    try:
-        yield server
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def port_of(server: RpcServer) -> int:
-    assert server.bound_port is not None
-    return server.bound_port
+) -> contextlib.AbstractAsyncContextManager[RpcServer]:
+    return serving_rpc(METHODS, name="rpc-test", key=key, config=config)
 
 
 async def test_pipelined_calls_are_answered_out_of_order() -> None:
-    async with serving() as server, RpcClient("127.0.0.1", port_of(server)) as client:
+    async with serving() as server, RpcClient("127.0.0.1", bound_port(server)) as client:
         finished: list[str] = []
 
         async def call(delay: float, tag: str) -> None:
@@ -85,13 +62,13 @@ async def test_pipelined_calls_are_answered_out_of_order() -> None:
 
 
 async def test_many_calls_in_flight_on_one_connection() -> None:
-    async with serving() as server, RpcClient("127.0.0.1", port_of(server)) as client:
+    async with serving() as server, RpcClient("127.0.0.1", bound_port(server)) as client:
         results = await asyncio.gather(*(client.call("echo", [i]) for i in range(2000)))
         assert results == list(range(2000))
 
 
 async def test_timeout_fails_only_that_call_and_the_late_answer_is_dropped() -> None:
-    async with serving() as server, RpcClient("127.0.0.1", port_of(server)) as client:
+    async with serving() as server, RpcClient("127.0.0.1", bound_port(server)) as client:
         with pytest.raises(RpcTimeout, match="sleep_echo"):
             await client.call("sleep_echo", [0.5, "late"], timeout=0.05)
         await asyncio.sleep(0.6)  # the late answer arrives and must be ignored
@@ -100,7 +77,7 @@ async def test_timeout_fails_only_that_call_and_the_late_answer_is_dropped() -> 
 
 async def test_connection_loss_fails_every_pending_call() -> None:
     async with serving() as server:
-        client = RpcClient("127.0.0.1", port_of(server))
+        client = RpcClient("127.0.0.1", bound_port(server))
         await client.connect()
         pending = [
             asyncio.create_task(client.call("sleep_echo", [30, i], timeout=60)) for i in range(5)
@@ -118,14 +95,17 @@ async def test_connection_loss_fails_every_pending_call() -> None:
 
 async def test_connecting_to_a_closed_port_is_peer_unavailable() -> None:
     async with serving() as server:
-        port = port_of(server)
+        port = bound_port(server)
     with pytest.raises(PeerUnavailable, match=f"127.0.0.1:{port}"):
         await RpcClient("127.0.0.1", port).connect()
 
 
 async def test_in_flight_limit_answers_overloaded() -> None:
     config = RpcConfig(max_in_flight_per_connection=3)
-    async with serving(config=config) as server, RpcClient("127.0.0.1", port_of(server)) as client:
+    async with (
+        serving(config=config) as server,
+        RpcClient("127.0.0.1", bound_port(server)) as client,
+    ):
         slow = [asyncio.create_task(client.call("sleep_echo", [0.3, i])) for i in range(3)]
         await asyncio.sleep(0.05)
         with pytest.raises(Overloaded, match="3 requests already in flight"):
@@ -136,7 +116,7 @@ async def test_in_flight_limit_answers_overloaded() -> None:
 
 
 async def test_unknown_method_names_what_is_served() -> None:
-    async with serving() as server, RpcClient("127.0.0.1", port_of(server)) as client:
+    async with serving() as server, RpcClient("127.0.0.1", bound_port(server)) as client:
         with pytest.raises(MethodNotFound, match="echo"):
             await client.call("nope", [])
 
@@ -145,7 +125,7 @@ async def test_outgoing_message_over_the_limit_fails_locally() -> None:
     config = RpcConfig(max_message_bytes=1024)
     async with (
         serving() as server,
-        RpcClient("127.0.0.1", port_of(server), config=config) as client,
+        RpcClient("127.0.0.1", bound_port(server), config=config) as client,
     ):
         with pytest.raises(MessageTooLarge):
             await client.call("echo", [b"x" * 2048])
@@ -155,7 +135,7 @@ async def test_outgoing_message_over_the_limit_fails_locally() -> None:
 async def test_incoming_message_over_the_limit_closes_that_connection_only() -> None:
     config = RpcConfig(max_message_bytes=4096)
     async with serving(config=config) as server:
-        port = port_of(server)
+        port = bound_port(server)
         async with RpcClient("127.0.0.1", port) as bystander:
             raw = await RawConnection.open(port)
             raw.send([0, 1, "echo", [b"x" * 10_000]])
@@ -173,7 +153,7 @@ async def test_incoming_message_over_the_limit_closes_that_connection_only() -> 
 async def test_matching_keys_connect() -> None:
     async with (
         serving(key=KEY) as server,
-        RpcClient("127.0.0.1", port_of(server), key=KEY) as client,
+        RpcClient("127.0.0.1", bound_port(server), key=KEY) as client,
     ):
         assert client.hello["auth"] == "ok"
         assert client.hello["name"] == "rpc-test"
@@ -183,24 +163,24 @@ async def test_matching_keys_connect() -> None:
 async def test_wrong_key_is_refused_on_both_sides() -> None:
     async with serving(key=KEY) as server:
         with pytest.raises(AuthError, match="could not prove"):
-            await RpcClient("127.0.0.1", port_of(server), key=b"x" * 32).connect()
+            await RpcClient("127.0.0.1", bound_port(server), key=b"x" * 32).connect()
 
 
 async def test_keyless_client_is_told_a_key_is_needed() -> None:
     async with serving(key=KEY) as server:
         with pytest.raises(AuthError, match="requires a mesh key"):
-            await RpcClient("127.0.0.1", port_of(server)).connect()
+            await RpcClient("127.0.0.1", bound_port(server)).connect()
 
 
 async def test_keyed_client_refuses_an_open_node() -> None:
     async with serving() as server:
         with pytest.raises(AuthError, match="open mesh"):
-            await RpcClient("127.0.0.1", port_of(server), key=KEY).connect()
+            await RpcClient("127.0.0.1", bound_port(server), key=KEY).connect()
 
 
 async def test_a_call_before_the_handshake_is_refused_and_the_connection_closed() -> None:
     async with serving(key=KEY) as server:
-        raw = await RawConnection.open(port_of(server))
+        raw = await RawConnection.open(bound_port(server))
         reply = await raw.call(1, "echo", ["sneaky"])
         assert reply[:2] == [1, 1]
         assert reply[2][0] == "AuthError"
@@ -210,7 +190,7 @@ async def test_a_call_before_the_handshake_is_refused_and_the_connection_closed(
 
 async def test_a_wrong_proof_from_a_raw_client_closes_the_connection() -> None:
     async with serving(key=KEY) as server:
-        raw = await RawConnection.open(port_of(server))
+        raw = await RawConnection.open(bound_port(server))
         first = await raw.call(1, "hello", [{"nonce": b"n" * 32}])
         assert first[3]["auth"] == "hmac-sha256"
         second = await raw.call(2, "hello", [{"proof": b"p" * 32}])
@@ -249,7 +229,7 @@ async def test_a_notification_before_the_handshake_closes_the_connection() -> No
     task = asyncio.create_task(server.serve(listening))
     await listening.wait()
     try:
-        raw = await RawConnection.open(port_of(server))
+        raw = await RawConnection.open(bound_port(server))
         raw.send([2, "gossip", [{"name": "spoofed"}]])
         notice = await raw.receive()
         assert notice[:2] == [2, "error"]

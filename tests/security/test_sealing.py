@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -27,6 +27,7 @@ from mesh.errors import PeerUnavailable
 from mesh.rpc import Methods, RpcClient, RpcConnection, RpcServer
 from mesh.sdk.client import MeshClient
 from tests.helpers.nodes import converged, mesh_node_config, node_config, running_node
+from tests.helpers.rpc_server import bound_port, serving_rpc
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,33 +117,10 @@ def echo(_: RpcConnection, params: list[Any]) -> Any:
     return params[0]
 
 
-@contextlib.asynccontextmanager
-async def serving(
+def serving(
     key: bytes | None = KEY, config: RpcConfig | None = None
-) -> AsyncIterator[RpcServer]:
-    server = RpcServer(
-        host="127.0.0.1",
-        port=0,
-        config=config or RpcConfig(),
-        methods=Methods(inline={"echo": echo}),
-        key=key,
-        hello_info=lambda: {"name": "sealing-test"},
-    )
-    await server.start()
-    listening = asyncio.Event()
-    task = asyncio.create_task(server.serve(listening))
-    await listening.wait()
-    try:
-        yield server
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def port(server: RpcServer) -> int:
-    assert server.bound_port is not None
-    return server.bound_port
+) -> contextlib.AbstractAsyncContextManager[RpcServer]:
+    return serving_rpc(Methods(inline={"echo": echo}), name="sealing-test", key=key, config=config)
 
 
 @pytest.mark.parametrize("seal", [True, False], ids=["sealed", "plain-control"])
@@ -169,7 +147,7 @@ async def test_a_changed_byte_closes_the_connection(caplog: pytest.LogCaptureFix
 
     async with (
         serving() as server,
-        Relay(port(server), flip_the_last_byte) as relay,
+        Relay(bound_port(server), flip_the_last_byte) as relay,
         RpcClient("127.0.0.1", relay.port, key=KEY) as client,
     ):
         with pytest.raises(PeerUnavailable):
@@ -185,7 +163,7 @@ async def test_a_replayed_frame_closes_the_connection(caplog: pytest.LogCaptureF
 
     async with (
         serving() as server,
-        Relay(port(server), twice) as relay,
+        Relay(bound_port(server), twice) as relay,
         RpcClient("127.0.0.1", relay.port, key=KEY) as client,
     ):
         # The first copy is answered, the second closes the link.
@@ -210,7 +188,7 @@ async def test_frames_out_of_order_close_the_connection(
 
     async with (
         serving() as server,
-        Relay(port(server), swap_the_first_two) as relay,
+        Relay(bound_port(server), swap_the_first_two) as relay,
         RpcClient("127.0.0.1", relay.port, key=KEY) as client,
     ):
         first = asyncio.create_task(client.call("echo", ["first"], timeout=5))
@@ -265,7 +243,7 @@ async def test_a_sealed_frame_still_arriving_counts_against_the_byte_budget(
     config = RpcConfig(max_bytes_in_flight=1_000_000)
     async with (
         serving(config=config) as server,
-        RpcClient("127.0.0.1", port(server), key=KEY) as client,
+        RpcClient("127.0.0.1", bound_port(server), key=KEY) as client,
     ):
         connection = client.connection
         assert connection.sealed
@@ -291,7 +269,7 @@ async def test_many_calls_of_every_size_cross_a_sealed_link_intact(
     blobs = [rng.integers(0, 256, size, dtype=np.uint8).tobytes() for size in sizes]
     async with (
         serving() as server,
-        RpcClient("127.0.0.1", port(server), key=KEY) as client,
+        RpcClient("127.0.0.1", bound_port(server), key=KEY) as client,
     ):
         assert client.connection.sealed
         served = next(iter(server._connections))
