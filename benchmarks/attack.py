@@ -43,13 +43,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from checkout import commit
 from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
@@ -72,20 +72,6 @@ UNCAPPED = {
     "EDGEMESH_MAX_UNAUTHENTICATED": "100000",
     "EDGEMESH_MAX_UNAUTHENTICATED_PER_SOURCE": "100000",
 }
-
-
-def commit() -> str:
-    """The checkout's commit, with ``+dirty`` when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10
-        )
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 async def _settled_rss(target: Target) -> int:

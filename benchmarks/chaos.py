@@ -48,13 +48,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from checkout import commit
 from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
@@ -63,20 +63,6 @@ from stoppable import run_stoppable
 # however this script is started.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.helpers.chaos import FAULT_KINDS, ChaosConfig, ChaosResult, run_chaos
-
-
-def commit() -> str:
-    """The checkout's commit, with ``+dirty`` when it has uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10
-        )
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def _seconds(value: float | None) -> str:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from checkout import commit
 from machine_info import machine, machine_line
 from stoppable import run_stoppable
 
@@ -100,20 +101,6 @@ class Row:
     pull_s: list[float] = field(default_factory=list)
     plain_copy_s: list[float] = field(default_factory=list)
     tcp_s: list[float] = field(default_factory=list)
-
-
-def commit() -> str:
-    """The checkout's commit, with ``+dirty`` when tracked files have uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=10
-        )
-        return done.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def make_bulk_model(path: Path) -> None:
