@@ -263,6 +263,15 @@ class NodeConfig:
     # copy in the background (the request itself is routed as always).
     fetch_models: bool = False
 
+    def http_reachable(self) -> bool:
+        """Whether a device that reaches the RPC port can reach the HTTP API too.
+
+        False when the HTTP API listens on loopback and the RPC port does
+        not: the node then advertises no HTTP port, rather than one that
+        every other device would find closed.
+        """
+        return _is_loopback(self.host) or not _is_loopback(self.http_bind()[0])
+
     def http_bind(self) -> tuple[str, str | None]:
         """Where the HTTP API listens, and, when that is loopback on our own
         decision, a line for the log saying why.

@@ -93,13 +93,13 @@ def scheduler_config(config: NodeConfig, threads: int) -> SchedulerConfig:
 def advert(
     config: NodeConfig, *, node_id: str, mesh_id: str, rpc_port: int, http_port: int | None
 ) -> Advert:
-    """What the node says about itself over mDNS."""
+    """What the node says about itself over mDNS (no HTTP port others cannot reach)."""
     return Advert(
         name=config.name,
         id=node_id,
         version=__version__,
         rpc_port=rpc_port,
-        http_port=http_port,
+        http_port=http_port if config.http_reachable() else None,
         role="node",
         mesh_id=mesh_id,
     )

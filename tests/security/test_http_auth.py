@@ -25,6 +25,7 @@ import pytest
 from mesh.config import GatewayClientConfig, HttpConfig, load_node_config
 from mesh.errors import ConfigError, ModelNotFound
 from mesh.node.http_face import claim_ports
+from mesh.node.starting import advert
 from mesh.runtime.runtime import Runtime
 from mesh.sdk.client import MeshClient
 from tests.helpers import KEY
@@ -265,6 +266,10 @@ def test_a_keyed_node_without_a_token_keeps_http_on_loopback(
     assert bool(lines) == explained, lines
     if explained:
         assert "--http-token-file" in lines[0] and "--http-host" in lines[0]
+    # mDNS offers the HTTP port only where the devices that find the node
+    # can use it: not when HTTP was kept on loopback behind a public RPC port.
+    offered = advert(config, node_id="n1", mesh_id="m", rpc_port=7000, http_port=8000)
+    assert offered.http_port == (None if explained else 8000)
 
 
 def test_token_files_are_checked_at_start(tmp_path: Path) -> None:
