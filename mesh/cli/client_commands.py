@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from mesh.cli.escalation_text import escalation_line, escalation_rows
+from mesh.cli.model_commands import model_status_rows
 from mesh.config import DEFAULT_RPC_PORT, mesh_key_from
 from mesh.errors import ConfigError, InvalidInput, ModelNotFound
 from mesh.sdk.client import Inference, MeshClient, MeshModels, ModelInfo
@@ -259,6 +260,7 @@ def status_text(status: Mapping[str, Any]) -> str:
         *_queue_rows(status.get("scheduler") or {}),
         *[[f"counters.{k}", v] for k, v in counters.items()],
         *escalation_rows(status.get("escalation") or {}),
+        *model_status_rows(status),
     ]
     parts = [format_table(["field", "value"], rows), ""]
     peers = status.get("peers", [])

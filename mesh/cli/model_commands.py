@@ -42,7 +42,7 @@ from mesh.rpc import RpcClient
 # The node's method that rescans its model directories (mesh.node.rpc_face).
 RELOAD = "reload"
 
-__all__ = ["add_model_commands", "size_text"]
+__all__ = ["add_model_commands", "model_status_rows", "size_text"]
 
 
 def add_model_commands(models: argparse.ArgumentParser) -> None:
@@ -141,6 +141,28 @@ def size_text(size: int) -> str:
     if size < 1024 * 1024:
         return f"{size / 1024:.1f} KiB"
     return f"{size / (1024 * 1024):.1f} MiB"
+
+
+def model_status_rows(status: Mapping[str, Any]) -> list[list[object]]:
+    """The model store's and model transfer's parts of ``status()``, as ``edgemesh status`` rows."""
+    store = status.get("model_store") or {}
+    transfer = status.get("transfer") or {}
+    rows: list[list[object]] = []
+    versions = store.get("versions") or {}
+    if versions:
+        said = [f"{name} {', '.join(labels)}" for name, labels in sorted(versions.items())]
+        rows.append(["models.versions", "; ".join(said)])
+    retiring = store.get("retiring") or []
+    if retiring:
+        said = [f"{m.get('name')} {m.get('version')}" for m in retiring]
+        rows.append(["models.retiring", ", ".join(said)])
+    for key, value in store.items():
+        if key not in ("versions", "retiring"):
+            rows.append([f"models.{key}", value])
+    for key, value in transfer.items():
+        shown = ", ".join(map(str, value)) or "none" if isinstance(value, list) else value
+        rows.append([f"transfer.{key}", shown])
+    return rows
 
 
 # --- pull ------------------------------------------------------------------------

@@ -36,6 +36,14 @@ async def test_reload_serves_a_new_file_reports_a_broken_one_and_says_when_nothi
         assert status == 0, err
         assert f"{address} serves big version 1 (" in out
         assert "big" in node.runtime
+        # edgemesh status's text view shows the store and transfer figures too.
+        status, out, err = await run_edgemesh("status", "--node", address, timeout_s=30)
+        assert status == 0, err
+        rows = dict(line.split(None, 1) for line in out.splitlines() if line.count(" ") > 1)
+        assert rows["models.versions"].strip() == "big 1; digits-small 1"
+        assert rows["models.reloads"].strip() == "2"
+        assert rows["transfer.pulled"].strip() == "0"
+        assert rows["transfer.pulling"].strip() == "none"
 
         (models / "broken.onnx").write_bytes(b"not an onnx model")
         (models / "big.onnx").unlink()
